@@ -1,0 +1,83 @@
+"""Baselines: unconstrained Adam, and Adam on the loss plus a fairret regularizer.
+
+Neither treats the constraints as constraints: Adam ignores them; the regularizer adds
+w * NormLoss(PositiveRate) (fairret) to the loss with a fixed weight w.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from fairret.loss import NormLoss
+from fairret.statistic import PositiveRate
+from torch import Tensor
+
+from ..problem import StochasticProblem
+from .base import ALGORITHM_STATE, check_nonnegative, check_values
+
+
+class Adam(torch.optim.Adam):
+    """x_{k+1} = Adam(x_k, grad f(x_k, xi_k)), PyTorch's defaults; the constraints are ignored."""
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, m: int | None = None):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        self.m = m
+        self.state[ALGORITHM_STATE] = {"step": 0}
+
+    @classmethod
+    def from_problem(cls, problem: StochasticProblem, **hyper: Any) -> "Adam":
+        return cls(problem.params, m=problem.m, **hyper)
+
+    @property
+    def params(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def objective(self, problem: StochasticProblem) -> Tensor:
+        """The scalar that Adam minimises on this step's sample."""
+        return problem.objective(problem.sample_objective())
+
+    def step(self, problem: StochasticProblem) -> dict[str, Tensor]:  # type: ignore[override]
+        loss = self.objective(problem)
+        check_values(None, loss)
+        params = self.params
+        grads = torch.autograd.grad(loss, params)
+        for p, g in zip(params, grads):
+            p.grad = g
+        super().step()
+        self.state[ALGORITHM_STATE]["step"] += 1
+        return {"loss": loss.detach()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(copy.deepcopy(state_dict))
+
+
+class FairretRegularized(Adam):
+    """Adam on f(x, xi) + w * NormLoss(x, xi): fairret's p-norm of |PR_g / PR - 1| over groups.
+
+    The constraint bound plays no role: the regularizer pushes every group's positive rate
+    towards the overall one with a fixed weight ``weight``.
+    """
+
+    def __init__(self, params, n_groups: int, weight: float = 1.0, p: int = 1,
+                 lr: float = 1e-3, **adam: Any):
+        if not isinstance(n_groups, int) or n_groups < 2:
+            raise ValueError(f"n_groups must be an integer >= 2, got {n_groups!r}")
+        self.weight = check_nonnegative("weight", weight)
+        super().__init__(params, lr=lr, **adam)
+        self.n_groups = n_groups
+        self.fairret_loss = NormLoss(PositiveRate(), p=p)
+
+    @classmethod
+    def from_problem(cls, problem: StochasticProblem, **hyper: Any) -> "FairretRegularized":
+        if problem.n_groups is None:
+            raise ValueError("FairretRegularized needs a problem with protected groups (problem.n_groups is None)")
+        return cls(problem.params, m=problem.m, n_groups=problem.n_groups, **hyper)
+
+    def objective(self, problem: StochasticProblem) -> Tensor:
+        batch = problem.sample_objective()
+        logits = problem.forward(batch)
+        sens = F.one_hot(batch.group, self.n_groups).to(logits.dtype)
+        return problem.objective(batch, logits) + self.weight * self.fairret_loss(logits.unsqueeze(-1), sens)

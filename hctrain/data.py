@@ -1,0 +1,533 @@
+"""Fairness data sets (ACSIncome, Dutch census 2001) and a sampler of group-balanced batches.
+
+ACSIncome comes from folktables' census download when it is reachable, else from the offline
+cache ``acsincome_2018_subsample.parquet`` (a 46% subsample of the 2018 task, see
+``shared/data/README.md``); every load says which one it used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import io
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+__all__ = [
+    "ACS_CACHE_FILE",
+    "ACS_CATEGORICAL",
+    "ACS_FEATURES",
+    "BalancedGroupSampler",
+    "DUTCH_FILE",
+    "DataUnavailableError",
+    "FairnessData",
+    "STATE_FIPS",
+    "YearUnavailableError",
+    "load_acsincome",
+    "load_dutch_census",
+]
+
+ACS_CACHE_FILE = "acsincome_2018_subsample.parquet"
+DUTCH_FILE = "dutch_census_2001.parquet"
+ACS_CACHE_YEAR = 2018
+ACS_FEATURES = ["AGEP", "COW", "SCHL", "MAR", "OCCP", "POBP", "RELP", "WKHP", "SEX", "RAC1P"]
+ACS_CATEGORICAL = ["COW", "SCHL", "MAR", "OCCP", "POBP", "RELP", "SEX", "RAC1P"]
+
+STATE_FIPS: dict[str, int] = {
+    "AL": 1, "AK": 2, "AZ": 4, "AR": 5, "CA": 6, "CO": 8, "CT": 9, "DE": 10, "DC": 11, "FL": 12,
+    "GA": 13, "HI": 15, "ID": 16, "IL": 17, "IN": 18, "IA": 19, "KS": 20, "KY": 21, "LA": 22,
+    "ME": 23, "MD": 24, "MA": 25, "MI": 26, "MN": 27, "MS": 28, "MO": 29, "MT": 30, "NE": 31,
+    "NV": 32, "NH": 33, "NJ": 34, "NM": 35, "NY": 36, "NC": 37, "ND": 38, "OH": 39, "OK": 40,
+    "OR": 41, "PA": 42, "RI": 44, "SC": 45, "SD": 46, "TN": 47, "TX": 48, "UT": 49, "VT": 50,
+    "VA": 51, "WA": 53, "WV": 54, "WI": 55, "WY": 56, "PR": 72,
+}
+"""State postal code -> FIPS code: the 50 states, DC and Puerto Rico."""
+
+GROUP_NAMES: dict[str, dict[int, str]] = {
+    "MAR": {1: "Married", 2: "Widowed", 3: "Divorced", 4: "Separated", 5: "Never married"},
+    "SEX": {1: "Male", 2: "Female"},
+    "RAC1P": {
+        1: "White", 2: "Black", 3: "American Indian", 4: "Alaska Native",
+        5: "American Indian & Alaska Native", 6: "Asian", 7: "Pacific Islander",
+        8: "Other race", 9: "Two or more races",
+    },
+}
+"""Readable names of census codes, per ACS attribute; codes not listed are named ``"ATTR=code"``."""
+
+DUTCH_TARGET = "occupation"
+DUTCH_POSITIVE, DUTCH_NEGATIVE = "5_4_9", "2_1"
+DUTCH_GROUP_NAMES: dict[str, dict[str, str]] = {"sex": {"1": "Male", "2": "Female"}}
+
+CENSUS_HOST = "www2.census.gov"
+PROBE_TIMEOUT_S = 3.0
+DOWNLOAD_TIMEOUT_S = (10.0, 120.0)
+"""Connect and read timeouts of the census download (folktables itself sets none)."""
+
+SHARED_DATA_DIR: Path | None = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+"""Last folder searched for the offline files, ``<repo root>/../shared/data``; None skips it."""
+
+
+class DataUnavailableError(RuntimeError):
+    """No source of the requested data could be read."""
+
+
+class YearUnavailableError(DataUnavailableError, ValueError):
+    """The census download failed and the offline cache does not hold the requested year."""
+
+
+@dataclass
+class FairnessData:
+    """A binary classification data set with a protected group attribute, split and standardized.
+
+    ``X_*`` are float32 standardized features (the protected attribute is not among them),
+    ``y_*`` float32 0/1 labels, ``group_*`` int64 group codes ``0..G-1`` indexing ``group_names``.
+    ``scaler`` is the StandardScaler fit on the training rows; ``source`` says where the rows came from.
+    """
+
+    name: str
+    X_train: torch.Tensor
+    y_train: torch.Tensor
+    group_train: torch.Tensor
+    X_test: torch.Tensor
+    y_test: torch.Tensor
+    group_test: torch.Tensor
+    feature_names: list[str]
+    group_names: list[str]
+    protected: str
+    source: str
+    scaler: StandardScaler
+
+    @property
+    def n_groups(self) -> int:
+        """Number of groups G."""
+        return len(self.group_names)
+
+    @property
+    def n_features(self) -> int:
+        """Number of model inputs."""
+        return int(self.X_train.shape[1])
+
+    def group_table(self) -> pd.DataFrame:
+        """One row per group (index: group code): name, train/test counts, share of the training
+        rows, and positive (base) rate of the label in the training rows."""
+        g = self.n_groups
+        n_train = torch.bincount(self.group_train, minlength=g).numpy()
+        n_test = torch.bincount(self.group_test, minlength=g).numpy()
+        positives = torch.bincount(self.group_train, weights=self.y_train.double(), minlength=g).numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate = positives / n_train
+        table = pd.DataFrame(
+            {
+                "group": self.group_names,
+                "n_train": n_train.astype(np.int64),
+                "n_test": n_test.astype(np.int64),
+                "share": n_train / max(int(n_train.sum()), 1),
+                "positive_rate": rate,
+            }
+        )
+        table.index.name = "code"
+        return table
+
+
+def _search_dirs(first: str | os.PathLike | None) -> list[Path]:
+    """Folders searched for offline files: ``first``, ``$HCTRAIN_DATA_DIR``, ``SHARED_DATA_DIR``."""
+    candidates = [first, os.environ.get("HCTRAIN_DATA_DIR") or None, SHARED_DATA_DIR]
+    dirs: list[Path] = []
+    for c in candidates:
+        if c is not None and Path(c) not in dirs:
+            dirs.append(Path(c))
+    return dirs
+
+
+def _find_file(file_name: str, first: str | os.PathLike | None) -> tuple[Path | None, list[Path]]:
+    """The first existing ``<dir>/file_name`` (``first`` may name the file itself) and the paths tried."""
+    tried: list[Path] = []
+    for d in _search_dirs(first):
+        path = d if d.suffix == ".parquet" else d / file_name
+        tried.append(path)
+        if path.is_file():
+            return path, tried
+    return None, tried
+
+
+@functools.lru_cache(maxsize=2)
+def _read_table(path: Path, mtime_ns: int) -> pd.DataFrame:
+    """A parquet file, kept for repeated loads while it is unchanged; callers must not modify it."""
+    return pd.read_parquet(path)
+
+
+def _census_reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the census server (or the proxy configured for ``url``) opens
+    within ``timeout`` seconds, name resolution included."""
+    import requests.utils
+
+    proxy = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url))
+    target = urlparse(proxy if "//" in (proxy or "") else f"http://{proxy}") if proxy else urlparse(url)
+    host, port = target.hostname or CENSUS_HOST, target.port or (443 if target.scheme == "https" else 80)
+    ok: list[bool] = []
+
+    def connect() -> None:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
+            ok.append(True)
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(ok)
+
+
+class _RequestsWithTimeout:
+    """Stands in for ``requests`` inside folktables: ``get`` with timeouts, raising on HTTP errors."""
+
+    @staticmethod
+    def get(url: str, **kwargs: Any) -> Any:
+        import requests
+
+        response = requests.get(url, timeout=DOWNLOAD_TIMEOUT_S, **kwargs)
+        response.raise_for_status()
+        return response
+
+
+def _census_frame(
+    state: str, year: int, root: Path, notes: list[str]
+) -> tuple[pd.DataFrame, str] | None:
+    """ACSIncome rows of one state from folktables' census CSVs under ``root`` (downloaded if
+    needed and reachable), as columns ``ACS_FEATURES + ["label"]``, and where they came from;
+    None (with a note why) if that fails."""
+    import folktables
+
+    load_acs_module = importlib.import_module("folktables.load_acs")
+    if state not in load_acs_module.state_list:
+        notes.append(f"folktables census download: folktables has no data for {state}")
+        return None
+    fips = f"{STATE_FIPS[state]:02d}"
+    csv = root / str(year) / "1-Year" / f"psam_p{fips}.csv"
+    url = f"https://{CENSUS_HOST}/programs-surveys/acs/data/pums/{year}/1-Year/csv_p{state.lower()}.zip"
+    have_csv = csv.is_file()
+    if not have_csv and not _census_reachable(url):
+        notes.append(f"folktables census download: no {csv}, and {CENSUS_HOST} is unreachable")
+        return None
+    source = folktables.ACSDataSource(
+        survey_year=str(year), horizon="1-Year", survey="person", root_dir=str(root)
+    )
+    timeouts = mock.patch.object(load_acs_module, "requests", _RequestsWithTimeout)
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log), timeouts:
+            raw = source.get_data(states=[state], download=not have_csv)
+    except Exception as e:
+        what = f"CSV {csv}" if have_csv else f"download of {url}"
+        printed = " ".join(log.getvalue().split())
+        cause = printed.split("Exception:", 1)[1].strip() if "Exception:" in printed else repr(e)
+        notes.append(f"folktables census {what} failed: {cause}")
+        if not have_csv:
+            with contextlib.suppress(OSError):
+                (csv.parent / url.rsplit("/", 1)[1]).unlink()
+        return None
+    features, label, _ = folktables.ACSIncome.df_to_pandas(raw)
+    frame = features[ACS_FEATURES].astype(np.float32)
+    frame["label"] = label.iloc[:, 0].to_numpy().astype(np.int8)
+    how = "read from the earlier download" if have_csv else "downloaded now"
+    return frame, f"the folktables census download (full ACS PUMS {year} 1-Year, {how}: {csv})"
+
+
+def _cache_frame(
+    state: str, data_dir: str | os.PathLike | None, notes: list[str]
+) -> tuple[pd.DataFrame, str] | None:
+    """ACSIncome 2018 rows of one state from the offline cache, and where they came from; None
+    (with a note why) if the cache is not found."""
+    path, tried = _find_file(ACS_CACHE_FILE, data_dir)
+    if path is None:
+        notes.append("offline cache: no " + ", ".join(map(str, tried)))
+        return None
+    table = _read_table(path, path.stat().st_mtime_ns)
+    frame = table.loc[table["ST"] == STATE_FIPS[state], ACS_FEATURES + ["label"]].reset_index(drop=True)
+    if frame.empty:
+        notes.append(f"offline cache {path}: no rows of {state} (FIPS {STATE_FIPS[state]})")
+        return None
+    return frame, f"the offline cache {path} (the 46% offline subsample, not the full census download)"
+
+
+def _group_name(attr: str, code: int) -> str:
+    return GROUP_NAMES.get(attr, {}).get(code, f"{attr}={code}")
+
+
+def _split_scale(
+    X: np.ndarray, y: np.ndarray, group: np.ndarray, test_size: float, seed: int
+) -> tuple[dict[str, torch.Tensor], StandardScaler]:
+    """Seeded train/test split of the rows, and a StandardScaler fit on the training rows only."""
+    train, test = train_test_split(np.arange(len(y)), test_size=test_size, random_state=seed)
+    scaler = StandardScaler().fit(X[train])
+    out = {}
+    for part, idx in (("train", train), ("test", test)):
+        out[f"X_{part}"] = torch.from_numpy(scaler.transform(X[idx]).astype(np.float32))
+        out[f"y_{part}"] = torch.from_numpy(y[idx].astype(np.float32))
+        out[f"group_{part}"] = torch.from_numpy(group[idx].astype(np.int64))
+    return out, scaler
+
+
+def _check_test_size(test_size: float) -> None:
+    if not 0 < test_size < 1:
+        raise ValueError(f"test_size must be a fraction in (0, 1), got {test_size!r}")
+
+
+def load_acsincome(
+    state: str = "VA",
+    year: int = 2018,
+    protected: str = "MAR",
+    *,
+    test_size: float = 0.2,
+    seed: int = 0,
+    max_groups: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    verbose: bool = True,
+) -> FairnessData:
+    """Folktables ACSIncome (income > $50,000) for one state and year, protected attribute removed
+    from the inputs and used as the group.
+
+    Sources, in order: if ``download``, folktables' census CSVs under ``data_dir`` (else
+    ``$HCTRAIN_DATA_DIR``, else ``~/.cache/hctrain``), downloaded first if missing and the census
+    server answers; then the offline cache ``acsincome_2018_subsample.parquet`` (2018 only) in
+    ``data_dir``, ``$HCTRAIN_DATA_DIR`` or ``<repo>/../shared/data``. The 9 other features keep
+    their census codes (no one-hot). ``max_groups=k`` keeps the rows of the k most common groups.
+    Raises ValueError for bad arguments and DataUnavailableError when no source can be read.
+    """
+    state = str(state).strip().upper()
+    if state not in STATE_FIPS:
+        raise ValueError(f"unknown state {state!r}; valid: {', '.join(sorted(STATE_FIPS))}")
+    if protected not in ACS_CATEGORICAL:
+        raise ValueError(
+            f"unknown protected attribute {protected!r}; valid (categorical ACSIncome features): "
+            f"{', '.join(ACS_CATEGORICAL)}"
+        )
+    year = int(year)
+    if year < 2014:
+        raise ValueError(f"year {year} is not supported: folktables' ACS data starts in 2014")
+    _check_test_size(test_size)
+    if max_groups is not None and max_groups < 2:
+        raise ValueError(f"max_groups must be at least 2, got {max_groups!r}")
+
+    notes: list[str] = []
+    found = None
+    if download:
+        root = Path(data_dir or os.environ.get("HCTRAIN_DATA_DIR") or Path.home() / ".cache" / "hctrain")
+        found = _census_frame(state, year, root, notes)
+    else:
+        notes.append("folktables census download: skipped (download=False)")
+    if found is None and year != ACS_CACHE_YEAR:
+        raise YearUnavailableError(
+            f"ACSIncome {year} is not available offline: the offline cache holds only {ACS_CACHE_YEAR}. "
+            f"Tried: {'; '.join(notes)}. Connect to the internet (download=True) or use "
+            f"year={ACS_CACHE_YEAR}."
+        )
+    if found is None:
+        found = _cache_frame(state, data_dir, notes)
+    if found is None:
+        raise DataUnavailableError(
+            f"no ACSIncome data for {state} {year}. Tried: {'; '.join(notes)}. Connect to the internet "
+            f"(download=True), or set HCTRAIN_DATA_DIR to a folder holding {ACS_CACHE_FILE} or "
+            f"folktables' CSVs (<dir>/{year}/1-Year/psam_pXX.csv)."
+        )
+    frame, where = found
+    name = f"ACSIncome {state} {year}"
+    source = f"{name}: {len(frame):,} rows from {where}"
+
+    codes = frame[protected].to_numpy().astype(np.int64)
+    counts = pd.Series(codes).value_counts()
+    if max_groups is not None and max_groups < len(counts):
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        keep_codes = np.array([c for c, _ in ranked[:max_groups]])
+        keep = np.isin(codes, keep_codes)
+        frame, codes = frame[keep], codes[keep]
+        source += f", {len(frame):,} of them in the {max_groups} most common {protected} groups"
+    levels = np.unique(codes)
+    feature_names = [f for f in ACS_FEATURES if f != protected]
+    parts, scaler = _split_scale(
+        frame[feature_names].to_numpy(np.float64),
+        frame["label"].to_numpy(),
+        np.searchsorted(levels, codes),
+        test_size,
+        seed,
+    )
+    if verbose:
+        print(source)
+    return FairnessData(
+        name=name,
+        **parts,
+        feature_names=feature_names,
+        group_names=[_group_name(protected, int(c)) for c in levels],
+        protected=protected,
+        source=source,
+        scaler=scaler,
+    )
+
+
+def _code_order(value: str) -> tuple[int, Any]:
+    """Sort key putting numeric codes in numeric order, before any other strings."""
+    try:
+        return (0, float(value))
+    except ValueError:
+        return (1, value)
+
+
+def load_dutch_census(
+    protected: str = "sex",
+    *,
+    path: str | os.PathLike | None = None,
+    test_size: float = 0.2,
+    seed: int = 0,
+    verbose: bool = True,
+) -> FairnessData:
+    """Dutch census 2001: predict occupation ``5_4_9`` (label 1) vs ``2_1`` (label 0), with
+    ``protected`` (a column, default ``sex``) as the group and the other columns one-hot encoded.
+
+    ``dutch_census_2001.parquet`` is looked up at ``path`` (file or folder), ``$HCTRAIN_DATA_DIR``,
+    then ``<repo>/../shared/data``.
+    """
+    _check_test_size(test_size)
+    file, tried = _find_file(DUTCH_FILE, path)
+    if file is None:
+        raise DataUnavailableError(
+            f"{DUTCH_FILE} not found; tried {', '.join(map(str, tried))}. Pass path= or set "
+            "HCTRAIN_DATA_DIR to the folder holding it."
+        )
+    table = _read_table(file, file.stat().st_mtime_ns).astype(str)
+    columns = [c for c in table.columns if c != DUTCH_TARGET]
+    if protected not in columns:
+        raise ValueError(f"unknown protected attribute {protected!r}; valid: {', '.join(columns)}")
+    n_all = len(table)
+    table = table[table[DUTCH_TARGET].isin([DUTCH_POSITIVE, DUTCH_NEGATIVE])].reset_index(drop=True)
+    name = "Dutch census 2001"
+    dropped = f", {n_all - len(table):,} rows of other occupations dropped" if n_all > len(table) else ""
+    source = f"{name}: {len(table):,} rows from {file} (occupation {DUTCH_POSITIVE} vs {DUTCH_NEGATIVE}{dropped})"
+
+    levels = sorted(table[protected].unique(), key=_code_order)
+    group = table[protected].map({v: i for i, v in enumerate(levels)}).to_numpy()
+    inputs = [c for c in columns if c != protected]
+    categories = {c: pd.CategoricalDtype(sorted(table[c].unique(), key=_code_order)) for c in inputs}
+    onehot = pd.get_dummies(table[inputs].astype(categories), dtype=np.float64)
+    parts, scaler = _split_scale(
+        onehot.to_numpy(), (table[DUTCH_TARGET] == DUTCH_POSITIVE).to_numpy(), group, test_size, seed
+    )
+    if verbose:
+        print(source)
+    names = DUTCH_GROUP_NAMES.get(protected, {})
+    return FairnessData(
+        name=name,
+        **parts,
+        feature_names=list(onehot.columns),
+        group_names=[names.get(v, f"{protected}={v}") for v in levels],
+        protected=protected,
+        source=source,
+        scaler=scaler,
+    )
+
+
+class BalancedGroupSampler:
+    """Draws batches of row indices holding exactly ``batch_per_group`` rows of every group.
+
+    Rows are drawn i.i.d. uniformly with replacement within each group; a batch is grouped in
+    blocks: rows ``[g*b:(g+1)*b]`` come from group g. ``state_dict`` carries the RNG state, so a
+    resumed run draws the same batches.
+    """
+
+    def __init__(
+        self,
+        group: torch.Tensor,
+        batch_per_group: int,
+        *,
+        seed: int | None = None,
+        group_names: Sequence[str] | None = None,
+    ) -> None:
+        group = torch.as_tensor(group).reshape(-1).long()
+        if batch_per_group < 1:
+            raise ValueError(f"batch_per_group must be at least 1, got {batch_per_group!r}")
+        if group.numel() == 0:
+            raise ValueError("group is empty: no rows to sample from")
+        if int(group.min()) < 0:
+            raise ValueError(f"group codes must be 0..G-1, found {int(group.min())}")
+        n_groups = int(group.max()) + 1 if group_names is None else len(group_names)
+        if int(group.max()) >= n_groups:
+            raise ValueError(f"group code {int(group.max())} has no name: {n_groups} group_names given")
+        sizes = torch.bincount(group, minlength=n_groups)
+
+        def label(g: int) -> str:
+            return f"group {g} ({group_names[g]!r})" if group_names is not None else f"group {g}"
+
+        for g in range(n_groups):
+            size = int(sizes[g])
+            if size == 0:
+                raise ValueError(f"{label(g)} has no rows; codes must be 0..G-1 with every group present")
+            if size < batch_per_group:
+                raise ValueError(
+                    f"{label(g)} has only {size} rows, fewer than batch_per_group={batch_per_group}: "
+                    "lower batch_per_group or drop the group (e.g. max_groups)"
+                )
+        self._order = torch.argsort(group, stable=True)
+        self._sizes = sizes
+        self._starts = torch.cumsum(sizes, 0) - sizes
+        self._b = int(batch_per_group)
+        self._generator = torch.Generator()
+        if seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(seed)
+
+    @property
+    def n_groups(self) -> int:
+        """Number of groups G."""
+        return int(self._sizes.numel())
+
+    @property
+    def batch_per_group(self) -> int:
+        """Rows per group in a batch."""
+        return self._b
+
+    @property
+    def batch_size(self) -> int:
+        """Rows in a batch: G * batch_per_group."""
+        return self.n_groups * self._b
+
+    @property
+    def group_sizes(self) -> torch.Tensor:
+        """Number of rows of each group (int64, length G)."""
+        return self._sizes.clone()
+
+    def sample(self) -> torch.Tensor:
+        """int64 indices of one batch, ``batch_per_group`` of each group, in group blocks."""
+        u = torch.rand(self.n_groups, self._b, generator=self._generator, dtype=torch.float64)
+        offset = torch.minimum((u * self._sizes[:, None]).long(), self._sizes[:, None] - 1)
+        return self._order[self._starts[:, None] + offset].reshape(-1)
+
+    def state_dict(self) -> dict[str, Any]:
+        """RNG state and batch shape."""
+        return {
+            "generator": self._generator.get_state(),
+            "n_groups": self.n_groups,
+            "batch_per_group": self._b,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the RNG state of a sampler over the same groups and batch shape."""
+        shape = (state["n_groups"], state["batch_per_group"])
+        if shape != (self.n_groups, self._b):
+            raise ValueError(
+                f"state is for {shape[0]} groups x {shape[1]} rows, this sampler draws "
+                f"{self.n_groups} x {self._b}"
+            )
+        self._generator.set_state(state["generator"])
