@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .problem import StochasticProblem
 from .task import FairnessTask

@@ -24,7 +24,7 @@ def final_table(records: pd.DataFrame, split: str = "test", metrics: list[str] |
     table = final.pivot_table(index="metric", columns="algorithm", values="value", aggfunc=["mean", "std"])
     table = table.reindex(order)
     table.columns = [f"{alg} {stat}" for stat, alg in table.columns]
-    return table[[c for alg in pd.unique(final["algorithm"]) for c in table.columns if c.startswith(f"{alg} ")]]
+    return table[[f"{alg} {stat}" for alg in pd.unique(final["algorithm"]) for stat in ("mean", "std")]]
 
 
 def steps_per_second(records: pd.DataFrame) -> pd.Series:
