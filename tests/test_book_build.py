@@ -1,14 +1,13 @@
 """The book builds offline, warning-free, with one HTML page per _toc.yml entry.
 
 Builds the repository itself (as `make book` does) into a temporary folder with
-``jupyter-book build <repo> -W -n --keep-going --path-output <tmp>``. Notebooks are not
-executed (``execute_notebooks: "off"``): their stored outputs are rendered. Skip with
-``pytest -m "not book"``.
+``jupyter-book build <repo> -W -n --keep-going --path-output <tmp>`` (the session fixture
+``book_build`` in conftest.py, shared with test_site_browser.py, so the book is built once).
+Notebooks are not executed (``execute_notebooks: "off"``): their stored outputs are rendered.
+Skip with ``pytest -m "not book"``.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,6 @@ import yaml
 pytestmark = pytest.mark.book
 
 REPO = Path(__file__).resolve().parents[1]
-# What a build could leave in the source tree if it wrote there instead of --path-output.
-BUILD_LEFTOVERS = ["_build", "jupyter_execute", ".jupyter_cache", "notebooks/_build"]
 
 
 def toc_entries(toc: dict) -> list[str]:
@@ -63,31 +60,15 @@ def test_config_never_executes_notebooks():
     assert config["only_build_toc_files"] is True
 
 
-def test_book_builds(entries, tmp_path):
+def test_book_builds(entries, request):
     missing = [e for e in entries if _source(e) is None]
     if missing:
         pytest.fail(f"cannot build: _toc.yml lists missing files {missing}")
-    before = {p for p in BUILD_LEFTOVERS if (REPO / p).exists()}
+    build = request.getfixturevalue("book_build")  # built once per session (conftest.py)
+    log = build.log
+    assert build.returncode == 0, f"jupyter-book build failed ({build.returncode}):\n{log[-6000:]}"
 
-    cmd = [
-        sys.executable,
-        "-c",
-        "import sys; from jupyter_book.cli.main import main; sys.exit(main())",
-        "build",
-        str(REPO),
-        "--path-output",
-        str(tmp_path),
-        "-W",
-        "-n",
-        "--keep-going",
-    ]
-    proc = subprocess.run(
-        cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL
-    )
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"jupyter-book build failed ({proc.returncode}):\n{log[-6000:]}"
-
-    html = tmp_path / "_build" / "html"
+    html = build.html
     assert (html / "index.html").is_file()
     pages = {e: html / f"{e}.html" for e in entries}
     absent = [str(p.relative_to(html)) for p in pages.values() if not p.is_file()]
@@ -102,5 +83,5 @@ def test_book_builds(entries, tmp_path):
     refs = (html / "book" / "references.html").read_text(encoding="utf-8")
     assert "humancompatible.train" in refs
 
-    after = {p for p in BUILD_LEFTOVERS if (REPO / p).exists()}
-    assert after == before, f"the build wrote into the repository: {sorted(after - before)}"
+    wrote = build.wrote_into_repo
+    assert not wrote, f"the build wrote into the repository: {wrote}"

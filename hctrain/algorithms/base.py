@@ -7,6 +7,8 @@ State that belongs to no single parameter (duals, slacks, counters, random strea
 """
 from __future__ import annotations
 
+import inspect
+
 import copy
 import math
 from typing import Any, Iterable
@@ -31,7 +33,15 @@ class ConstrainedOptimizer(torch.optim.Optimizer):
 
     @classmethod
     def from_problem(cls, problem: StochasticProblem, **hyper: Any) -> "ConstrainedOptimizer":
-        """The algorithm over ``problem``'s parameters with its m constraints."""
+        """The algorithm over ``problem``'s parameters with its m constraints.
+
+        An algorithm with its own random choices (a ``seed`` argument: SSw's random output,
+        Stochastic Ghost's levels) is seeded with ``problem.seed`` unless ``seed`` is given, so
+        that the seeded runs of ``runner.run`` do not all share seed 0.
+        """
+        if ("seed" not in hyper and getattr(problem, "seed", None) is not None
+                and "seed" in inspect.signature(cls.__init__).parameters):
+            hyper["seed"] = int(problem.seed)
         return cls(problem.params, m=problem.m, **hyper)
 
     @property

@@ -114,7 +114,7 @@ class SwitchingSubgradient(ConstrainedOptimizer):
 
     Parameters: ``eta_f``, ``eta_c`` objective / constraint step sizes (paper: 0.01 each);
     ``eps`` the first tolerance eps_1 (paper: 0.1); ``schedule`` "paper" | "constant" | "sqrt";
-    ``n_switch_samples`` J (default 1); ``seed`` of the output's random choice;
+    ``n_switch_samples`` J (default 1); ``seed`` of the output's random choice (through :meth:`from_problem`, the problem's seed by default);
     ``step_schedule`` "constant" | "sqrt"; ``output_start`` S (burn-in of the random output);
     ``fuse_switching_forward`` one forward pass for the J switching batches (row-wise models).
 
