@@ -8,9 +8,19 @@ positive on group g) and a bound b, two families of constraints c(x, zeta) <= 0:
 
 Both are computed from one forward pass as a tensor of m values. A linear-fractional statistic
 is S_g = sum_{n in g} (a_n + b_n p_n) / sum_{n in g} (c_n + d_n p_n), with the coefficients
-(a, b, c, d) given by fairret's canonical form; the group sums are one matrix product with the
-one-hot group matrix (calling the statistic itself gives the same values, see the tests, but
-checks its arguments and synchronises on every call, which costs more than a training step).
+(a, b, c, d) given by fairret's canonical form (calling the statistic itself gives the same
+values, see the tests, but checks its arguments and synchronises on every call, which costs more
+than a training step).
+
+Groups come either as integer codes (N,) in 0..G-1, the form batches carry and the training hot
+path uses, or as a membership matrix (N, G) (one-hot, the form fairret's statistics take). With
+codes the group sums are one ``index_add_`` (no one-hot matrix is built); with a matrix they are
+one matrix product. For ``PositiveRate`` (a = d = 0, b = c = 1) the canonical form reduces to
+group sums of p over group sizes, and the overall rate to the mean of p: that path skips the
+per-row coefficient tensors, and the sizes (``bincount`` of the codes, or the column sums of the
+matrix) carry no gradient. Every path gives the same values up to float rounding; a group with
+no rows in the batch (or, for a statistic such as TruePositiveRate, with a zero denominator)
+gets S_g = 0/0 = NaN, as the plain formula does.
 """
 from __future__ import annotations
 
@@ -25,7 +35,11 @@ KINDS: tuple[str, ...] = ("one_vs_overall", "pairwise")
 
 
 class GroupFairnessConstraints:
-    """m fairness constraint values from predicted probabilities and one-hot group membership."""
+    """m fairness constraint values from predicted probabilities and group membership.
+
+    ``sens`` is either integer group codes (N,) in 0..G-1 or a membership matrix (N, G), e.g.
+    one-hot (the form fairret takes; rows may also be soft or multiple memberships).
+    """
 
     def __init__(
         self,
@@ -52,10 +66,16 @@ class GroupFairnessConstraints:
             self._first, self._second = first, second
             self.names = [f"{group_names[i]} - {group_names[j]}" for i, j in zip(first.tolist(), second.tolist())]
         self.m = len(self.names)
+        # Per-call constants as tensors: an op with a Python scalar operand pays for wrapping it.
+        self._bounds: dict[tuple[torch.dtype, float], Tensor] = {}
+        self._pair_index: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        self._row_counts: dict[int, Tensor] = {}
 
     @property
     def n_groups(self) -> int:
         return len(self.group_names)
+
+    # --- group statistics ----------------------------------------------------------------------
 
     def _terms(self, probs: Tensor, stat_args: tuple) -> tuple[Tensor, Tensor]:
         """Per-row numerator and denominator terms of the canonical form."""
@@ -68,19 +88,79 @@ class GroupFairnessConstraints:
         denom = coefficient(s.denom_intercept(*stat_args)) + coefficient(s.denom_slope(*stat_args)) * probs
         return num, denom.expand_as(num) if isinstance(denom, Tensor) else torch.full_like(num, denom)
 
+    def _group_sums(self, values: Tensor, sens: Tensor) -> Tensor:
+        """sum_i values_i * sens_ig: (G,) or (G, k) from values (N,) or (N, k)."""
+        if sens.dim() == 2:
+            return sens.T @ values
+        if sens.dim() == 1 and not sens.is_floating_point() and not sens.is_complex():
+            G = self.n_groups
+            out = values.new_zeros((G,) + values.shape[1:])
+            try:
+                return out.index_add_(0, sens, values)
+            except (IndexError, RuntimeError) as e:
+                raise ValueError(f"group codes must be integers in 0..{G - 1}, one per row of the "
+                                 f"{values.shape[0]} predictions; got shape {tuple(sens.shape)} ({e})") from None
+        raise ValueError("sens must be integer group codes (N,) or a membership matrix (N, G); "
+                         f"got shape {tuple(sens.shape)} and dtype {sens.dtype}")
+
+    def _group_sizes(self, sens: Tensor) -> Tensor:
+        """sum_i sens_ig (no gradient through integer codes)."""
+        if sens.dim() == 2:
+            return sens.sum(0)
+        if sens.is_cpu:
+            return torch.bincount(sens, minlength=self.n_groups)
+        # bincount would wait for the device to learn the largest code; counting stays on it
+        return torch.zeros(self.n_groups, dtype=torch.int64, device=sens.device).index_add_(
+            0, sens, torch.ones_like(sens))
+
+    def _row_count(self, probs: Tensor) -> Tensor:
+        """N as a 0-dim int64 tensor (the value ``x / N`` would wrap; cached by N)."""
+        n = probs.shape[0]
+        count = self._row_counts.get(n)
+        if count is None:
+            if len(self._row_counts) >= 64:  # batch sizes are few; do not grow without bound
+                self._row_counts.clear()
+            count = self._row_counts[n] = torch.tensor(n)
+        return count
+
     def group_statistics(self, probs: Tensor, sens: Tensor, *stat_args: Tensor) -> tuple[Tensor, Tensor]:
-        """(S_g for every group, overall S) from probabilities (N,) and one-hot groups (N, G)."""
+        """(S_g for every group, overall S) from probabilities (N,) and groups: integer codes (N,)
+        or a membership matrix (N, G)."""
+        if type(self.statistic) is PositiveRate and not stat_args and probs.dim() == 1:
+            # canonical form (0 + 1 p) / (1 + 0 p): group means of p, overall mean of p (as
+            # sum / N, which is what the general path computes and a little cheaper than mean)
+            return self._group_sums(probs, sens) / self._group_sizes(sens), probs.sum() / self._row_count(probs)
         num, denom = self._terms(probs, stat_args)
-        per_group = sens.T @ torch.stack((num, denom), dim=1)
+        per_group = self._group_sums(torch.stack((num, denom), dim=1), sens)
         return per_group[:, 0] / per_group[:, 1], num.sum() / denom.sum()
+
+    # --- constraints ---------------------------------------------------------------------------
 
     def gaps(self, probs: Tensor, sens: Tensor, *stat_args: Tensor) -> Tensor:
         """The constrained quantities before the bound: |S_g - S| or S_g - S_h."""
         stats, overall = self.group_statistics(probs, sens, *stat_args)
         if self.kind == "one_vs_overall":
             return (stats - overall).abs()
-        return stats[self._first] - stats[self._second]
+        if stats.is_cpu:
+            first, second = self._first, self._second
+        else:
+            pair = self._pair_index.get(stats.device)
+            if pair is None:
+                pair = self._pair_index[stats.device] = (self._first.to(stats.device),
+                                                        self._second.to(stats.device))
+            first, second = pair
+        return torch.index_select(stats, 0, first) - torch.index_select(stats, 0, second)
+
+    def _bound_like(self, x: Tensor) -> Tensor:
+        """The bound as a 0-dim tensor of x's dtype (the same value x - self.bound would use)."""
+        key = (x.dtype, self.bound)
+        b = self._bounds.get(key)
+        if b is None:
+            b = self._bounds[key] = torch.tensor(self.bound, dtype=x.dtype)
+        return b
 
     def __call__(self, probs: Tensor, sens: Tensor, *stat_args: Tensor) -> Tensor:
-        """c(x, zeta): m values, feasible when <= 0. ``stat_args`` go to the statistic (e.g. labels)."""
-        return self.gaps(probs, sens, *stat_args) - self.bound
+        """c(x, zeta): m values, feasible when <= 0. ``sens``: integer group codes (N,) or a
+        membership matrix (N, G); ``stat_args`` go to the statistic (e.g. labels)."""
+        gaps = self.gaps(probs, sens, *stat_args)
+        return gaps - self._bound_like(gaps)

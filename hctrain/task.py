@@ -53,14 +53,16 @@ class FairnessTask:
         return self.constraints.names
 
     def sens(self, group: Tensor) -> Tensor:
-        """One-hot group membership, the form fairret's statistics take."""
+        """One-hot group membership, the form fairret's statistics take. (The constraints also
+        take the integer codes themselves, which is what :meth:`constraint_values` passes.)"""
         return F.one_hot(group, self.data.n_groups).to(torch.float32)
 
     def loss(self, logits: Tensor, batch: Batch) -> Tensor:
         return F.binary_cross_entropy_with_logits(logits, batch.y)
 
     def constraint_values(self, logits: Tensor, batch: Batch) -> Tensor:
-        return self.constraints(torch.sigmoid(logits), self.sens(batch.group))
+        # integer codes, not self.sens(...): the group sums are then an index_add_, no one-hot
+        return self.constraints(torch.sigmoid(logits), batch.group)
 
     def problem(self, seed: int = 0, separate_constraint_sampler: bool = False) -> StochasticProblem:
         """A fresh problem: the model initialised with ``seed``, batches drawn from ``seed``.

@@ -56,3 +56,131 @@ def test_gradient_flows() -> None:
 def test_bad_input(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         GroupFairnessConstraints(**kwargs)
+
+
+# --- the fast paths: integer codes (index_add_) and PositiveRate's closed form -----------------
+
+class GeneralPositiveRate(PositiveRate):
+    """PositiveRate through the general canonical-form path (the fast path takes PositiveRate only)."""
+
+
+def _case(n: int = 300, groups: int = 5, seed: int = 0, absent: int | None = None):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, generator=gen, dtype=torch.float64).float()
+    codes = torch.randint(0, groups, (n,), generator=gen)
+    if absent is not None:
+        codes[codes == absent] = (absent + 1) % groups
+    labels = (torch.rand(n, generator=gen) > 0.4).float()
+    return logits, codes, labels
+
+
+def _fairret(statistic, probs, sens, kind, bound, *args):
+    stats = statistic(probs[:, None], sens, *args)
+    if kind == "one_vs_overall":
+        return (stats - statistic.overall_statistic(probs[:, None], *args)).abs() - bound
+    first, second = torch.where(~torch.eye(sens.shape[1], dtype=torch.bool))
+    return stats[first] - stats[second] - bound
+
+
+@pytest.mark.parametrize("kind", ["one_vs_overall", "pairwise"])
+@pytest.mark.parametrize("statistic", ["PositiveRate", "TruePositiveRate"])
+def test_codes_and_one_hot_agree_with_general_path_and_fairret(kind, statistic) -> None:
+    logits, codes, labels = _case()
+    G = 5
+    onehot = F.one_hot(codes, G).float()
+    if statistic == "PositiveRate":
+        fast, general, args = PositiveRate(), GeneralPositiveRate(), ()
+    else:  # no closed form: the general path, with codes (index_add_) and one-hot (matmul)
+        fast, general, args = TruePositiveRate(), TruePositiveRate(), (labels[:, None],)
+    names = list("abcde")
+    values, grads = {}, {}
+    for path, stat in (("fast", fast), ("general", general)):
+        constraints = GroupFairnessConstraints(names, 0.05, kind=kind, statistic=stat)
+        if path == "fast" and statistic == "PositiveRate":  # the closed form, no per-row terms
+            constraints._terms = lambda *a: pytest.fail("PositiveRate took the general path")
+        for form, sens in (("codes", codes), ("one-hot", onehot)):
+            x = logits.clone().requires_grad_()
+            c = constraints(torch.sigmoid(x), sens, *args)
+            assert c.shape == (constraints.m,) and c.dtype == torch.float32
+            values[path, form] = c.detach()
+            (grads[path, form],) = torch.autograd.grad((c * torch.linspace(-1, 1, c.numel())).sum(), x)
+    theirs = _fairret(fast, torch.sigmoid(logits), onehot, kind, 0.05, *args)
+    reference = values["general", "one-hot"]  # the original formula: one-hot matrix product
+    for key, value in values.items():
+        assert torch.allclose(value, reference, atol=1e-6, rtol=0), key
+        assert torch.allclose(value, theirs, atol=1e-6, rtol=0), key
+        assert torch.allclose(grads[key], grads["general", "one-hot"], atol=1e-6, rtol=0), key
+
+
+@pytest.mark.parametrize("kind", ["one_vs_overall", "pairwise"])
+def test_codes_path_overall_rate_is_the_general_formula(kind) -> None:
+    # the overall rate is sum p / N in every path (bitwise), and so are the group sizes
+    logits, codes, _ = _case(n=1000, groups=7, seed=3)
+    probs = torch.sigmoid(logits)
+    names = [str(i) for i in range(7)]
+    fast = GroupFairnessConstraints(names, 0.1, kind)
+    general = GroupFairnessConstraints(names, 0.1, kind, statistic=GeneralPositiveRate())
+    stats_fast, overall_fast = fast.group_statistics(probs, codes)
+    stats_general, overall_general = general.group_statistics(probs, F.one_hot(codes, 7).float())
+    assert torch.equal(overall_fast, overall_general)
+    assert torch.allclose(stats_fast, stats_general, atol=1e-7, rtol=0)
+    assert torch.equal(fast.gaps(probs, codes) - 0.1, fast(probs, codes))
+
+
+@pytest.mark.parametrize("kind", ["one_vs_overall", "pairwise"])
+def test_absent_group_is_nan_in_every_path(kind) -> None:
+    # 0 / 0: the plain formula gives NaN for a group with no rows (fairret's safe_div gives 0)
+    logits, codes, _ = _case(n=200, groups=4, seed=1, absent=2)
+    probs = torch.sigmoid(logits)
+    onehot = F.one_hot(codes, 4).float()
+    names = list("abcd")
+    reference = GroupFairnessConstraints(names, 0.05, kind, statistic=GeneralPositiveRate())(probs, onehot)
+    constraints = GroupFairnessConstraints(names, 0.05, kind)
+    if kind == "one_vs_overall":
+        expected_nan = torch.tensor([False, False, True, False])
+    else:
+        expected_nan = torch.tensor(["c" in name for name in constraints.names])
+    assert torch.equal(reference.isnan(), expected_nan)
+    for sens in (codes, onehot):
+        c = constraints(probs, sens)
+        assert torch.equal(c.isnan(), expected_nan)
+        assert torch.allclose(c[~expected_nan], reference[~expected_nan], atol=1e-6, rtol=0)
+    theirs = _fairret(PositiveRate(), probs, onehot, kind, 0.05)
+    assert torch.allclose(c[~expected_nan], theirs[~expected_nan], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["one_vs_overall", "pairwise"])
+def test_float64_and_bound_as_the_python_float(kind) -> None:
+    logits, codes, _ = _case(n=100, groups=3, seed=2)
+    probs = torch.sigmoid(logits.double())
+    constraints = GroupFairnessConstraints(list("abc"), 0.05, kind)
+    c = constraints(probs, codes)
+    assert c.dtype == torch.float64
+    assert torch.equal(c, constraints.gaps(probs, codes) - 0.05)
+    constraints.bound = 0.2  # the cached bound follows the attribute
+    assert torch.equal(constraints(probs, codes), constraints.gaps(probs, codes) - 0.2)
+    c32 = constraints(probs.float(), codes)
+    assert c32.dtype == torch.float32 and torch.equal(c32, constraints.gaps(probs.float(), codes) - 0.2)
+
+
+def test_batched_jacobian_through_codes_path() -> None:
+    # Stochastic Ghost takes the Jacobian with is_grads_batched (a vmap over the backward pass)
+    logits, codes, _ = _case(n=60, groups=3, seed=4)
+    x = logits.clone().requires_grad_()
+    c = GroupFairnessConstraints(list("abc"), 0.0, "pairwise")(torch.sigmoid(x), codes)
+    (jac,) = torch.autograd.grad(c, x, grad_outputs=torch.eye(c.numel()), is_grads_batched=True,
+                                 retain_graph=True)
+    rows = torch.stack([torch.autograd.grad(c[i], x, retain_graph=True)[0] for i in range(c.numel())])
+    assert torch.allclose(jac, rows, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("sens, message", [
+    (torch.tensor([0, 1, 3, 1]), "0..2"),
+    (torch.tensor([0, -1, 2, 1]), "0..2"),
+    (torch.tensor([0, 1, 2]), "0..2"),
+    (torch.tensor([0.0, 1.0, 2.0, 1.0]), "integer group codes"),
+])
+def test_bad_group_codes(sens, message) -> None:
+    constraints = GroupFairnessConstraints(list("abc"), 0.05)
+    with pytest.raises(ValueError, match=message):
+        constraints(torch.full((4,), 0.5), sens)
