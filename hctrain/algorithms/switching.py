@@ -165,6 +165,9 @@ class SwitchingSubgradient(ConstrainedOptimizer):
         state["output_iteration"] = 0
         state["rng_state"] = torch.Generator().manual_seed(seed).get_state()
         self._generator = torch.Generator()
+        # 0-dim constants for the step's report, made once (a new tensor per step costs a few us)
+        self._flags = {True: torch.tensor(True), False: torch.tensor(False)}
+        self._nans: dict[torch.dtype, Tensor] = {}
 
     # --- hyperparameters and counters ---------------------------------------------------------
 
@@ -242,7 +245,9 @@ class SwitchingSubgradient(ConstrainedOptimizer):
         objective_step = self.is_objective_step(switch_value, eps_k)
 
         params = self.params
-        nan = torch.full((), float("nan"), dtype=cbar.dtype)
+        nan = self._nans.get(cbar.dtype)
+        if nan is None:
+            nan = self._nans[cbar.dtype] = torch.full((), float("nan"), dtype=cbar.dtype)
         if objective_step:
             loss = problem.objective(problem.sample_objective())
             check_values(self.m, loss)
@@ -267,7 +272,7 @@ class SwitchingSubgradient(ConstrainedOptimizer):
             "constraints": cbar.detach(),
             "max_constraint": switch_value.detach(),
             "step_constraint": step_constraint,
-            "objective_step": torch.tensor(objective_step),
+            "objective_step": self._flags[bool(objective_step)],
             "eps": torch.tensor(eps_k, dtype=torch.float64),
         }
 
