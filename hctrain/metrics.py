@@ -15,8 +15,7 @@
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -25,7 +24,9 @@ from fairret.statistic import (LinearFractionalStatistic, PositivePredictiveValu
                                TruePositiveRate)
 from torch import Tensor, nn
 
+from .plots import constraint_metrics
 from .problem import StochasticProblem
+from .runner import _factory, _threads
 from .summary import final_values, steps_per_second
 from .task import FairnessTask
 
@@ -43,10 +44,6 @@ OVERALL = "overall"
 
 
 # --- the summary table of run records -------------------------------------------------------
-
-def _constraint_metrics(records: pd.DataFrame) -> list[str]:
-    return [m for m in pd.unique(records["metric"]) if m.startswith("c[")]
-
 
 def loss_at(records: pd.DataFrame, time_s: float, split: str = "train") -> pd.Series:
     """Per algorithm, the mean over runs of the loss at the last evaluation at or before ``time_s``."""
@@ -69,7 +66,7 @@ def comparison_table(records: pd.DataFrame, loss_times: tuple[float, ...] = ()) 
     if records.empty:
         raise ValueError("no records: run an experiment first")
     order = list(pd.unique(records["algorithm"]))
-    constraints = _constraint_metrics(records)
+    constraints = constraint_metrics(records)
     final = final_values(records)
     columns: dict[str, pd.Series] = {}
     for split in ("train", "test"):
@@ -91,28 +88,6 @@ def comparison_table(records: pd.DataFrame, loss_times: tuple[float, ...] = ()) 
 
 
 # --- rebuilding final models -------------------------------------------------------------------
-
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _build(algorithm: type | Callable[[StochasticProblem], Any], hyper: Mapping[str, Any] | None,
-           problem: StochasticProblem) -> Any:
-    if isinstance(algorithm, type):
-        return algorithm.from_problem(problem, **(hyper or {}))
-    if hyper:
-        raise ValueError("hyper is only used with an algorithm class; bind the hyperparameters in your callable")
-    return algorithm(problem)
-
 
 def replay(
     task: FairnessTask,
@@ -136,7 +111,7 @@ def replay(
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     with _threads(threads):
         problem = task.problem(int(seed), separate_constraint_sampler=separate_constraint_sampler)
-        algo = _build(algorithm, hyper, problem)
+        algo = _factory(algorithm, dict(hyper or {}))(problem)
         for _ in range(int(steps)):
             algo.step(problem)
     return problem.model

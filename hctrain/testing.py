@@ -10,6 +10,7 @@ ones are specified converges to a visibly different point.
 """
 from __future__ import annotations
 
+import io
 import itertools
 from typing import Any
 
@@ -119,3 +120,20 @@ def solve_projection_qp(a: Tensor, A: Tensor, b: Tensor, tol: float = 1e-10) -> 
             if (y >= -tol).all() and (A @ x - b <= tol).all():
                 return x, y
     raise ValueError("no KKT point found: the constraints A x <= b may be infeasible")
+
+
+def checkpoint(problem: StochasticProblem, algorithm: Any) -> dict[str, Any]:
+    """Everything a resumed run needs (algorithm, model weights, samplers), passed through
+    ``torch.save``/``torch.load`` as a checkpoint file would be: shares no tensor with the run."""
+    buffer = io.BytesIO()
+    torch.save({"algo": algorithm.state_dict(), "model": problem.model.state_dict(),
+                "problem": problem.state_dict()}, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+def restore(saved: dict[str, Any], problem: StochasticProblem, algorithm: Any) -> None:
+    """Load a :func:`checkpoint` into a fresh ``problem`` and ``algorithm``."""
+    problem.model.load_state_dict(saved["model"])
+    algorithm.load_state_dict(saved["algo"])
+    problem.load_state_dict(saved["problem"])

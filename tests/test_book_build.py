@@ -34,7 +34,8 @@ def toc_entries(toc: dict) -> list[str]:
     return entries
 
 
-def _source(entry: str) -> Path | None:
+def source_of(entry: str) -> Path | None:
+    """The .md or .ipynb file of a _toc.yml entry (given with or without its suffix)."""
     for suffix in ("", ".md", ".ipynb"):
         path = REPO / f"{entry}{suffix}"
         if path.is_file():
@@ -50,7 +51,7 @@ def entries() -> list[str]:
 
 
 def test_toc_entries_exist(entries):
-    missing = [e for e in entries if _source(e) is None]
+    missing = [e for e in entries if source_of(e) is None]
     assert not missing, f"_toc.yml lists files that do not exist (.md or .ipynb): {missing}"
 
 
@@ -61,7 +62,7 @@ def test_config_never_executes_notebooks():
 
 
 def test_book_builds(entries, request):
-    missing = [e for e in entries if _source(e) is None]
+    missing = [e for e in entries if source_of(e) is None]
     if missing:
         pytest.fail(f"cannot build: _toc.yml lists missing files {missing}")
     build = request.getfixturevalue("book_build")  # built once per session (conftest.py)

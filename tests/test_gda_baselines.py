@@ -11,14 +11,13 @@ quadratic program of hctrain.testing.
 """
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
 import torch
 
 from hctrain.algorithms import GDA, Adam, FairretRegularized
-from hctrain.testing import NoisyQuadratic
+from hctrain.testing import NoisyQuadratic, checkpoint, restore
 
 Q = NoisyQuadratic.example()
 N = 3000
@@ -90,17 +89,11 @@ def test_state_dict_round_trip(factory):
     problem, algo = fresh()
     for _ in range(k):
         algo.step(problem)
-    buffer = io.BytesIO()
-    torch.save({"algo": algo.state_dict(), "model": problem.model.state_dict(),
-                "problem": problem.state_dict()}, buffer)
+    saved = checkpoint(problem, algo)
     for _ in range(k):
         algo.step(problem)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=False)
     problem2, algo2 = fresh()
-    problem2.model.load_state_dict(saved["model"])
-    algo2.load_state_dict(saved["algo"])
-    problem2.load_state_dict(saved["problem"])
+    restore(saved, problem2, algo2)
     for _ in range(k):
         algo2.step(problem2)
     assert torch.equal(problem.params[0], problem2.params[0])

@@ -14,7 +14,6 @@ About 25 s of CPU on one core; the four 400-step convergence runs take most of i
 """
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
@@ -25,7 +24,7 @@ from hctrain.algorithms.ghost import (StochasticGhost, _interior_point, box_qp, 
                                       level_probability, linearized_violation, sample_level,
                                       solve_direction)
 from hctrain.problem import Batch, StochasticProblem
-from hctrain.testing import NoisyQuadratic, Point
+from hctrain.testing import NoisyQuadratic, Point, checkpoint, restore
 
 torch.set_num_threads(1)
 
@@ -432,15 +431,10 @@ def test_state_dict_round_trip(separate):
     prob = q.problem(seed=4, separate_constraint_sampler=separate)
     algo = StochasticGhost.from_problem(prob, **hyper)
     levels = [int(algo.step(prob)["N"]) for _ in range(k)]
-    buffer = io.BytesIO()
-    torch.save({"algo": algo.state_dict(), "model": prob.model.state_dict(), "problem": prob.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=False)
+    saved = checkpoint(prob, algo)
     prob = q.problem(seed=99, separate_constraint_sampler=separate)
     algo = StochasticGhost.from_problem(prob)  # defaults: seed 0, gamma0 0.05, ...
-    algo.load_state_dict(saved["algo"])
-    prob.model.load_state_dict(saved["model"])
-    prob.load_state_dict(saved["problem"])
+    restore(saved, prob, algo)
     group = algo.param_groups[0]
     assert (group["seed"], group["gamma0"], group["zeta"], group["max_level"], group["tau"]) == (7, 0.5, 0.6, 3, 2.0)
     levels += [int(algo.step(prob)["N"]) for _ in range(k)]

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_book_build import source_of, toc_entries
 
 pytestmark = pytest.mark.book
 
@@ -84,32 +85,9 @@ CONSOLE_NOISE = re.compile(
 # --- what the sources say each page should show ---------------------------------------------
 
 
-def toc_files(toc: dict) -> list[str]:
-    """Every `file` of a jb-book _toc.yml (root first, chapters under parts), without suffix."""
-    files = [toc["root"]]
-
-    def walk(items: list[dict] | None) -> None:
-        for item in items or []:
-            if "file" in item:
-                files.append(item["file"])
-            for key in ("chapters", "sections", "parts"):
-                walk(item.get(key))
-
-    walk(toc.get("parts"))
-    walk(toc.get("chapters"))
-    return [f.removesuffix(".md").removesuffix(".ipynb") for f in files]
-
-
 def toc_pages() -> list[str]:
-    return toc_files(yaml.safe_load((REPO / "_toc.yml").read_text(encoding="utf-8")))
-
-
-def source_of(entry: str, root: Path = REPO) -> Path | None:
-    for suffix in (".ipynb", ".md", ""):
-        path = root / f"{entry}{suffix}"
-        if path.is_file():
-            return path
-    return None
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text(encoding="utf-8"))
+    return [f.removesuffix(".md").removesuffix(".ipynb") for f in toc_entries(toc)]
 
 
 def _first_heading(markdown: str) -> str | None:

@@ -12,7 +12,7 @@ from hctrain.algorithms.spbm import (PENALTY_BARRIER_FUNCTIONS, PENALTY_BARRIER_
                                      quadratic_logarithmic, quadratic_logarithmic_derivative,
                                      quadratic_reciprocal, quadratic_reciprocal_derivative)
 from hctrain.problem import StochasticProblem
-from hctrain.testing import GaussianNoise, NoisyQuadratic, Point
+from hctrain.testing import GaussianNoise, NoisyQuadratic, Point, checkpoint, restore
 
 PENALTIES = list(PENALTY_BARRIER_FUNCTIONS)
 
@@ -288,15 +288,10 @@ def test_state_dict_round_trip(separate):
     for _ in range(k):
         a1.step(p1)
     assert len(a1.state[p1.params[0]]) == 3  # the inner Adam's exp_avg, exp_avg_sq, step live here
-    buf = io.BytesIO()
-    torch.save({"algo": a1.state_dict(), "model": p1.model.state_dict(), "problem": p1.state_dict()}, buf)
-    buf.seek(0)
-    saved = torch.load(buf, weights_only=False)
+    saved = checkpoint(p1, a1)
     p2 = q.problem(seed=99, batch_size=2, separate_constraint_sampler=separate)
     a2 = SPBM.from_problem(p2)
-    p2.model.load_state_dict(saved["model"])
-    p2.load_state_dict(saved["problem"])
-    a2.load_state_dict(saved["algo"])
+    restore(saved, p2, a2)
     assert a2.param_groups[0]["lr"] == 0.02 and a2.inner_adam.param_groups[0]["lr"] == 0.02
     assert a2.inner_adam.state is a2.state
     for _ in range(k):

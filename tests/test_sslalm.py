@@ -16,7 +16,6 @@ given the seeds).
 """
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
@@ -25,7 +24,7 @@ from torch import Tensor
 
 from hctrain.algorithms.sslalm import LinearizedALM, SSLALM
 from hctrain.problem import Batch, StochasticProblem
-from hctrain.testing import NoisyQuadratic, Point, solve_projection_qp
+from hctrain.testing import NoisyQuadratic, Point, checkpoint, restore, solve_projection_qp
 
 SIGMA = 0.3
 BATCH = 1
@@ -347,18 +346,12 @@ def test_state_dict_round_trip(cls, hyper):
     algo = cls.from_problem(problem, **hyper)
     for _ in range(k):
         algo.step(problem)
-    buffer = io.BytesIO()
-    torch.save({"algo": algo.state_dict(), "model": problem.model.state_dict(),
-                "problem": problem.state_dict()}, buffer)
+    saved = checkpoint(problem, algo)
     for _ in range(k):
         algo.step(problem)
 
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=False)
     problem2, algo2 = fresh()
-    problem2.model.load_state_dict(saved["model"])
-    algo2.load_state_dict(saved["algo"])
-    problem2.load_state_dict(saved["problem"])
+    restore(saved, problem2, algo2)
     for key, value in hyper.items():
         assert algo2.param_groups[0][key] == value
     assert algo2.iteration == k

@@ -9,7 +9,6 @@ the average of the objective-step iterates x_k with k > N/2 (deterministic given
 """
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 
 from hctrain.algorithms.switching import SwitchingSubgradient, tolerance_schedule
 from hctrain.problem import Batch, StochasticProblem
-from hctrain.testing import GaussianNoise, NoisyQuadratic, Point
+from hctrain.testing import GaussianNoise, NoisyQuadratic, Point, checkpoint, restore
 
 torch.set_num_threads(1)
 
@@ -306,15 +305,9 @@ def test_state_dict_round_trip(schedule):
     problem1, algo1 = fresh()
     for _ in range(k):
         algo1.step(problem1)
-    buffer = io.BytesIO()
-    torch.save({"algo": algo1.state_dict(), "model": problem1.model.state_dict(),
-                "problem": problem1.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=False)
+    saved = checkpoint(problem1, algo1)
     problem2, algo2 = fresh()
-    problem2.model.load_state_dict(saved["model"])
-    problem2.load_state_dict(saved["problem"])
-    algo2.load_state_dict(saved["algo"])
+    restore(saved, problem2, algo2)
     for _ in range(k):
         algo2.step(problem2)
 

@@ -72,7 +72,7 @@ quadratically in m beyond a few dozen constraints.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 import torch
