@@ -1,6 +1,6 @@
 """Time per training step of each hctrain algorithm, relative to plain Adam on the same batches.
 
-    python benchmarks/step_time.py            # full run (about 5 minutes; run it on an idle machine)
+    python benchmarks/step_time.py            # full run (about 4 minutes; run it on an idle machine)
     python benchmarks/step_time.py --smoke    # about 20 seconds: checks that everything runs
 
 One process, one thread (torch, and the BLAS behind numpy/scipy that Stochastic Ghost's
@@ -13,7 +13,14 @@ subproblems use). For every case (a fairness task with m constraints) the benchm
    steps (the starting algorithm rotates from round to round), each step timed on its own with
    ``time.perf_counter``; the median step time of a block is that algorithm's time in the round,
    and its ratio to Adam's median of the same round is its relative cost in the round. A change
-   of machine load during the run therefore hits numerator and denominator alike;
+   of machine load during the run therefore hits numerator and denominator alike -- as long as
+   it is slower than a round: the blocks are short (10 steps, a round of all algorithms takes
+   0.1-0.3 s), because on the shared 2-core machine this was written on the speed of the same
+   code jumps between levels 1.6x apart for stretches of 0.1-1 s (medians of 50-step blocks of
+   Adam alone at m = 9,900 ranged 1.6-3.4 ms); with 50-step blocks (the first protocol, kept in
+   ``results/step_time_run*.md``) a round lasted 1-2 s and its ratios compared blocks taken at
+   different speeds (inter-quartile ranges of +-0.15). The process is pinned to one CPU
+   (``--no-pin`` to leave it free), so that no step pays for a move to the other core;
 3. reports, per algorithm, the median over rounds of the per-round medians (ms/step) and the
    median over rounds of the per-round ratios (with the inter-quartile range in the CSV).
 
@@ -268,18 +275,24 @@ def benchmark_case(case: Case, algos: list[Algorithm], args: argparse.Namespace)
         raise SystemExit(f"Adam, the reference, did not run on {case.key}: {adam.status}")
     for r in range(args.rounds):
         k = r % len(runners)
-        for runner in runners[k:] + runners[:k]:
-            if not runner.active:
-                continue
-            if runner.algo.slow:
-                if runner.spent_s >= args.ghost_budget:
-                    runner.rounds.append([])
+        # As timeit does: no garbage collection while timing. One collection per round (before
+        # it) keeps memory flat; one per block would cost more than the blocks themselves.
+        gc.collect()
+        gc.disable()
+        try:
+            for runner in runners[k:] + runners[:k]:
+                if not runner.active:
                     continue
-                n = args.ghost_steps
-            else:
-                n = args.steps
-            gc.collect()
-            runner.rounds.append(timed_steps(runner, n))
+                if runner.algo.slow:
+                    if runner.spent_s >= args.ghost_budget:
+                        runner.rounds.append([])
+                        continue
+                    n = args.ghost_steps
+                else:
+                    n = args.steps
+                runner.rounds.append(timed_steps(runner, n))
+        finally:
+            gc.enable()
     return runners
 
 
@@ -333,10 +346,7 @@ def summarise(case: Case, runners: list[Runner]) -> tuple[list[dict[str, Any]], 
 # --- report ------------------------------------------------------------------------------------
 
 def machine_lines(args: argparse.Namespace, load_before: tuple[float, ...] | None) -> list[str]:
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = None
+    affinity = getattr(args, "usable_cpus", None)
     cpu = platform.processor() or platform.machine()
     try:  # a readable CPU model on Linux
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -353,7 +363,8 @@ def machine_lines(args: argparse.Namespace, load_before: tuple[float, ...] | Non
     return [
         f"- date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {platform.platform()}; CPU: {cpu}; os.cpu_count() = {os.cpu_count()}"
-        + (f", usable by this process = {affinity}" if affinity is not None else ""),
+        + (f", usable by this process = {affinity}" if affinity is not None else "")
+        + (f", pinned to CPU {args.pinned_cpu}" if getattr(args, "pinned_cpu", None) is not None else ", not pinned"),
         f"- load average (1/5/15 min) before / after: {fmt(load_before)} ; {fmt(load_after)}",
         f"- Python {platform.python_version()}, torch {torch.__version__}, "
         f"threads = {torch.get_num_threads()} (interop {torch.get_num_interop_threads()})"
@@ -442,7 +453,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 # --- command line ------------------------------------------------------------------------------
 
-FULL = dict(rounds=15, steps=50, warmup=20, pool=64, ghost_steps=2, ghost_warmup=1, ghost_budget=60.0,
+FULL = dict(rounds=75, steps=10, warmup=20, pool=64, ghost_steps=2, ghost_warmup=1, ghost_budget=60.0,
             skip_ghost_above=90, cases="m5,pobp10,pobp30,pobp100")
 SMOKE = dict(rounds=2, steps=5, warmup=2, pool=8, ghost_steps=1, ghost_warmup=1, ghost_budget=5.0,
              skip_ghost_above=5, cases="m5,pobp10")
@@ -470,6 +481,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-per-group", type=int, default=16, help="rows per group in a batch (default 16)")
     p.add_argument("--states", default=",".join(POBP_STATES),
                    help="states tried in order for the POBP cases (default CA,TX,NY,FL)")
+    p.add_argument("--no-pin", action="store_true",
+                   help="do not pin the process to one CPU (default: pinned to the first CPU it may use)")
     p.add_argument("--download", action="store_true",
                    help="allow folktables' census download (default: the offline cache only)")
     p.add_argument("--out", type=Path, default=RESULTS, help="output folder (default benchmarks/results)")
@@ -487,8 +500,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def pin_to_one_cpu() -> int | None:
+    """Pin this process to the first CPU it may run on (a migration to another core costs the
+    step its warm caches); the CPU, or None where the OS does not support it."""
+    try:
+        cpu = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpu})
+    except (AttributeError, OSError):
+        return None
+    return cpu
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.usable_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    args.pinned_cpu = None if args.no_pin else pin_to_one_cpu()
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     start = time.perf_counter()
     all_cases = make_cases(args.batch_per_group, args.download)

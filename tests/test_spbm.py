@@ -401,22 +401,26 @@ def _run_two_parameter(hooked: bool, dtype_y: torch.dtype, groups: bool, steps: 
     algo = SPBM(params, m=4, lr=0.02, gamma=0.95, delta=1.5)
     if hooked:  # any hook on the inner Adam sends the update through torch.optim.Adam.step
         algo.inner_adam.register_step_pre_hook(lambda *args: None)
-
-    class Problem:
-        shares_samples = True
-        m = 4
-
-        @staticmethod
-        def sample_objective():
-            return None
-
-        @staticmethod
-        def objective_and_constraints(_batch):
-            return tp.step_values()
-
+    problem = _Problem(tp)
     for _ in range(steps):
-        algo.step(Problem)
+        algo.step(problem)
     return algo, tp
+
+
+class _Problem:
+    """The minimal problem interface SPBM.step uses, over a TwoParameterProblem."""
+
+    shares_samples = True
+    m = 4
+
+    def __init__(self, tp: TwoParameterProblem):
+        self.tp = tp
+
+    def sample_objective(self):
+        return None
+
+    def objective_and_constraints(self, _batch):
+        return self.tp.step_values()
 
 
 @pytest.mark.parametrize("dtype_y,groups", [(torch.float64, False), (torch.float32, False), (torch.float64, True)])
@@ -433,3 +437,48 @@ def test_fused_adam_step_equals_torch_adam_step_bit_for_bit(dtype_y, groups):
     for key in ("dual", "penalty", "anchor"):
         assert_same(fast.algorithm_state[key], slow.algorithm_state[key])
     assert all(p.grad is None for p in tp_fast.model.parameters())
+
+
+def _flat_buffers(algo):
+    return [flat for flat in algo._flat.values() if flat is not None]
+
+
+def test_flat_adam_state_lives_in_one_buffer_and_follows_replacements():
+    """The flat path keeps Adam's state and the anchors as views of one buffer per group; a
+    state tensor or anchor replaced from outside (as a user or load_state_dict may do) is noticed
+    and used, and the run stays bit for bit that of torch.optim.Adam."""
+    fast, tp_fast = _run_two_parameter(False, torch.float64, False, steps=10)
+    slow, tp_slow = _run_two_parameter(True, torch.float64, False, steps=10)
+    (flat,) = _flat_buffers(fast)
+    for p in tp_fast.model.parameters():
+        for key, buffer in (("exp_avg", flat.exp_avg), ("exp_avg_sq", flat.exp_avg_sq)):
+            assert fast.state[p][key].untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+    assert all(z.untyped_storage().data_ptr() == flat.anchor.untyped_storage().data_ptr() for z in fast.anchor)
+
+    for algo, tp in ((fast, tp_fast), (slow, tp_slow)):  # the same replacements in both runs
+        x = tp.model.x
+        algo.state[x]["exp_avg"] = torch.full_like(x, 0.25)
+        algo.state[x]["step"] = torch.tensor(3.0)
+        algo.anchor[1] = tp.model.y.detach() + 1.0
+    for tp, algo in ((tp_fast, fast), (tp_slow, slow)):
+        for _ in range(5):
+            algo.step(_Problem(tp))
+    # the step counts now differ (x: 3 + 5, y: 10 + 5): the group falls back to the foreach path
+    assert not _flat_buffers(fast)
+    for p, q in zip(tp_fast.model.parameters(), tp_slow.model.parameters()):
+        assert torch.equal(p, q)
+        assert_same(fast.state[p], slow.state[q])
+    assert_same(fast.algorithm_state["anchor"], slow.algorithm_state["anchor"])
+
+
+def test_flat_adam_rebuilds_after_load_state_dict():
+    fast, tp = _run_two_parameter(False, torch.float64, False, steps=5)
+    (before,) = _flat_buffers(fast)
+    buffer = io.BytesIO()
+    torch.save(fast.state_dict(), buffer)
+    buffer.seek(0)
+    fast.load_state_dict(torch.load(buffer))
+    assert not fast._flat  # dropped: the loaded tensors are not views of the old buffers
+    fast.step(_Problem(tp))
+    (after,) = _flat_buffers(fast)
+    assert after is not before and after.is_current(fast.params, [fast.state[p] for p in fast.params], fast.anchor)

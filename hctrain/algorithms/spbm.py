@@ -101,14 +101,23 @@ with its own defaults because its annealing demanded one). Measured with the def
 
 Cost per step: one forward (two without shared samples), one backward seeded with (1, weights)
 (no graph for the dot product f + weights . c), one host synchronisation (the finiteness check),
-and ~15 elementwise ops on m-vectors (phi', weights, duals, penalties). The Moreau term, the Adam
-step and the anchor update are done together with ``torch._foreach_*`` ops over all parameters
-(``_fused_adam_step``): the same operations as ``torch.optim.Adam``'s default single-tensor path,
-identical bit for bit (tested), without its per-parameter Python loop and its ``.grad`` round trip.
-On the CPU, constants enter these ops as cached 0-dim tensors, because an add/mul/div with a
-Python scalar costs PyTorch a scalar-to-tensor conversion (several microseconds) per tensor. The
-first step, and every step while a hook is registered on the inner Adam (``inner_adam``) or one of
-its non-default options is set, goes through ``torch.optim.Adam.step`` instead.
+and ~13 elementwise ops on m-vectors (phi', weights, duals, penalties). The Moreau term, the Adam
+step and the anchor update (``_fused_adam_step``) treat each parameter group as one vector
+(``flat_adam.FlatAdamGroup``: Adam's state and the anchors are views into contiguous buffers),
+so they are a dozen tensor ops whatever the number of parameter tensors: the same operations as
+``torch.optim.Adam``'s default single-tensor path, identical bit for bit (tested), without its
+per-parameter Python loop and its ``.grad`` round trip. A group with mixed dtypes or devices
+takes ``torch._foreach_*`` ops instead. On the CPU, multiplicative constants enter as cached
+0-dim tensors, because a mul/div/add with a Python scalar costs PyTorch a scalar-to-tensor
+conversion (several microseconds); clamp bounds stay Python scalars (tensor bounds are slower).
+The first step, and every step while a hook is registered on the inner Adam (``inner_adam``) or
+one of its non-default options is set, goes through ``torch.optim.Adam.step`` instead.
+
+Measured (``benchmarks/step_time.py``): on the paper's network (2,753 parameters in 6 tensors)
+``torch.optim.Adam.step`` costs about 0.3-0.45 ms on one CPU thread, the flat update about 0.1
+ms; the m constraint values, their part of the backward pass and the m-vector updates cost 0.2-0.4
+ms. So an SPBM step costs 1.03-1.12 times an Adam step from m = 5 to m = 9,900
+(``benchmarks/results/step_time.md``).
 """
 from __future__ import annotations
 
@@ -122,6 +131,7 @@ from torch.optim import optimizer as _torch_optimizer
 from ..problem import StochasticProblem
 from .base import (ConstrainedOptimizer, check_interval, check_nonnegative, check_positive,
                    check_values)
+from .flat_adam import FlatAdamGroup
 
 # --- penalty-barrier functions, vectorised over the m-vector ---------------------------------
 
@@ -221,6 +231,7 @@ class SPBM(ConstrainedOptimizer):
                              f"lambda_max={lambda_max!r}")
         self._constants: dict[tuple, Tensor] = {}  # see _const (before super().__init__: add_param_group)
         self._adam_state_complete = False  # see _fused_adam_ready
+        self._flat: dict[int, FlatAdamGroup | None] = {}  # see _flat_group
         super().__init__(params, defaults, m)
 
         first = self.params[0]
@@ -239,6 +250,7 @@ class SPBM(ConstrainedOptimizer):
         anchors follow it."""
         super().add_param_group(param_group)
         self._adam_state_complete = False
+        self._flat = {}
         group = self.param_groups[-1]
         try:
             check_positive("lr", group["lr"])
@@ -283,6 +295,7 @@ class SPBM(ConstrainedOptimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._adam_state_complete = False
+        self._flat = {}
         self._adam.state = self.state  # load_state_dict rebuilt self.state: share it again
         self._sync_adam()
 
@@ -298,17 +311,20 @@ class SPBM(ConstrainedOptimizer):
         """phi'(t) of the configured penalty-barrier function.
 
         The same operations as :func:`quadratic_logarithmic_derivative` /
-        :func:`quadratic_reciprocal_derivative` (the result is identical bit for bit), with the
-        constants as cached 0-dim tensors: an op with a Python scalar costs PyTorch an extra
-        scalar-to-tensor conversion, several microseconds on the CPU, and the step does a dozen.
+        :func:`quadratic_reciprocal_derivative` (the result is identical bit for bit), done in
+        place on one new buffer, with the multiplicative constants as cached 0-dim tensors (a
+        mul with a Python scalar costs PyTorch a scalar-to-tensor conversion, several
+        microseconds on the CPU) and the clamp bounds as Python scalars (the opposite holds for
+        clamp: tensor bounds make it a three-input op, 3-5x slower on long vectors).
         """
         const = self._const
-        one = const(1.0, t)
         if self.param_groups[0]["penalty"] == "quadratic_logarithmic":
-            barrier = torch.clamp(t, max=const(_LOG_JOINT, t)).reciprocal_().mul_(const(-0.25, t))
-            return torch.maximum(t + one, barrier)
-        left = torch.clamp(t, max=const(_REC_JOINT, t)).neg_().add_(one)  # 1 - min(t, -1/3) >= 4/3
-        return torch.maximum(t + one, left.mul_(left).reciprocal_().mul_(const(32.0 / 27.0, t)))
+            barrier = torch.clamp(t, max=_LOG_JOINT)
+            torch.div(const(-0.25, t), barrier, out=barrier)  # = reciprocal * -0.25 exactly (a power of 2)
+            return torch.maximum(t + const(1.0, t), barrier, out=barrier)
+        left = torch.clamp(t, max=_REC_JOINT).neg_().add_(const(1.0, t))  # 1 - min(t, -1/3) >= 4/3
+        barrier = left.mul_(left).reciprocal_().mul_(const(32.0 / 27.0, t))
+        return torch.maximum(t + const(1.0, t), barrier, out=barrier)
 
     def _buffer(self, like: Tensor) -> Tensor:
         """A reusable 0-dim tensor of ``like``'s dtype and device (the bias correction of the step)."""
@@ -345,7 +361,7 @@ class SPBM(ConstrainedOptimizer):
         """lambda <- clip(gamma lambda + (1 - gamma) lambda phi'(t), lambda_min, lambda_max)."""
         gamma, const = hp["gamma"], self._const
         lam.mul_(dphi.mul(const(1.0 - gamma, lam)).add_(const(gamma, lam)))
-        lam.clamp_(const(hp["lambda_min"], lam), const(hp["lambda_max"], lam))
+        lam.clamp_(hp["lambda_min"], hp["lambda_max"])  # Python bounds: see penalty_barrier_derivative
 
     def _update_penalties(self, pen: Tensor, dphi: Tensor, hp: dict) -> None:
         """p <- clip(K p) or clip(K p + (1 - K) p / psi), psi = phi'(t) (times delta where phi'(t) >= 1)."""
@@ -356,7 +372,7 @@ class SPBM(ConstrainedOptimizer):
             delta = hp["delta"]
             psi = dphi if delta == 1.0 else torch.where(dphi < 1.0, dphi, dphi * const(delta, dphi))
             torch.addcdiv(pen * const(K, pen), pen, psi, value=1.0 - K, out=pen)
-        pen.clamp_(const(hp["p_min"], pen), const(hp["p_max"], pen))
+        pen.clamp_(hp["p_min"], hp["p_max"])
 
     def _fused_adam_ready(self) -> bool:
         """True when the inner Adam's update can be done by :meth:`_fused_adam_step`: plain Adam
@@ -381,57 +397,67 @@ class SPBM(ConstrainedOptimizer):
         return True
 
     def _fused_adam_step(self, grads: list[Tensor]) -> None:
-        """Moreau term, Adam step and anchor update for all parameters, with ``torch._foreach_*`` ops.
+        """Moreau term, Adam step and anchor update for all parameters, without torch.optim.Adam.
 
-        The same operations as ``torch.optim.Adam``'s single-tensor path (CPU default), in the
-        same order and with the same scalars, applied to whole parameter lists: the result is
-        identical bit for bit on the CPU (``tests/test_spbm.py`` checks it); it saves the
-        per-parameter Python loop, the ``.grad`` round trip and the inner optimizer's wrappers.
+        A group whose parameters share dtype and device (the usual case) is stepped as one
+        vector (:class:`~hctrain.algorithms.flat_adam.FlatAdamGroup`); any other group with
+        ``torch._foreach_*`` ops over its tensors. Both do the operations of ``torch.optim.Adam``'s
+        single-tensor path (CPU default) in the same order with the same scalars: the result is
+        identical bit for bit (``tests/test_spbm.py`` checks it), without the per-parameter Python
+        loop, the ``.grad`` round trip and the inner optimizer's wrappers.
         """
         start = 0
-        state = self.state
-        anchors = self.algorithm_state["anchor"]
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             params = group["params"]
             n = len(params)
             if n == 0:
                 continue
             g = grads[start:start + n]
-            z = anchors[start:start + n]
-            if group["mu"] > 0:  # G = grad f + J_c^T w + mu (x - z)
-                torch._foreach_add_(g, torch._foreach_sub(params, z), alpha=group["mu"])
-            beta1, beta2 = group["betas"]
-            lr, eps = group["lr"], group["eps"]
-            states = [state[p] for p in params]
-            steps = [s["step"] for s in states]
-            exp_avgs = [s["exp_avg"] for s in states]
-            exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-            torch._foreach_add_(steps, [self._const(1.0, st) for st in steps])
-            counts = [st.item() for st in steps]  # as torch.optim.Adam reads them (steps live on the CPU)
-            torch._foreach_lerp_(exp_avgs, g, 1 - beta1)
-            ref = params[0]
-            uniform = counts.count(counts[0]) == n and all(q.dtype == ref.dtype and q.device == ref.device
-                                                           for q in params)
-            if uniform and ref.device.type == "cpu":
-                # The usual case. On the CPU an add/mul/div with a Python scalar costs PyTorch a
-                # conversion per tensor: 0-dim tensors of the same (rounded) values instead.
-                k, const = counts[0], self._const
-                torch._foreach_mul_(exp_avg_sqs, const(beta2, ref))
-                torch._foreach_addcmul_(exp_avg_sqs, g, g, 1 - beta2)
-                denom = torch._foreach_sqrt(exp_avg_sqs)
-                torch._foreach_div_(denom, self._buffer(ref).fill_((1 - beta2 ** k) ** 0.5))
-                torch._foreach_add_(denom, [const(eps, ref)] * n)
-                torch._foreach_addcdiv_(params, exp_avgs, denom, -(lr / (1 - beta1 ** k)))
-            else:  # other devices, mixed dtypes, or parameters with different step counts
-                torch._foreach_mul_(exp_avg_sqs, beta2)
-                torch._foreach_addcmul_(exp_avg_sqs, g, g, 1 - beta2)
-                denom = torch._foreach_sqrt(exp_avg_sqs)
-                torch._foreach_div_(denom, [(1 - beta2 ** k) ** 0.5 for k in counts])
-                torch._foreach_add_(denom, eps)
-                torch._foreach_addcdiv_(params, exp_avgs, denom,
-                                        [-(lr / (1 - beta1 ** k)) for k in counts])
-            torch._foreach_lerp_(z, params, group["anchor_beta"])  # z <- z + beta (x_{k+1} - z)
+            flat = self._flat_group(index, params, start)
+            if flat is not None:
+                flat.step(g, group["lr"], group["betas"], group["eps"], group["mu"], group["anchor_beta"],
+                          self._const, self._buffer(params[0]))
+            else:
+                self._foreach_adam_step(group, g, self.algorithm_state["anchor"][start:start + n])
             start += n
+
+    def _flat_group(self, index: int, params: list[Tensor], first: int) -> FlatAdamGroup | None:
+        """The flat buffers of group ``index``, (re)built when missing or stale; None when the group
+        cannot be flattened (mixed dtypes or devices, different step counts)."""
+        states = [self.state[p] for p in params]
+        anchors = self.algorithm_state["anchor"]
+        flat = self._flat.get(index)
+        if flat is not None and flat.is_current(params, states, anchors):
+            return flat
+        if not FlatAdamGroup.applicable(params, states):
+            self._flat[index] = None
+            return None
+        with torch.no_grad():
+            flat = self._flat[index] = FlatAdamGroup(params, states, anchors, first)
+        return flat
+
+    def _foreach_adam_step(self, group: dict, g: list[Tensor], z: list[Tensor]) -> None:
+        """The same update as :class:`FlatAdamGroup` with ``torch._foreach_*`` ops over the
+        group's tensors, each with its own step count, dtype and device."""
+        params = group["params"]
+        if group["mu"] > 0:  # G = grad f + J_c^T w + mu (x - z)
+            torch._foreach_add_(g, torch._foreach_sub(params, z), alpha=group["mu"])
+        beta1, beta2 = group["betas"]
+        lr, eps = group["lr"], group["eps"]
+        states = [self.state[p] for p in params]
+        steps = [s["step"] for s in states]
+        exp_avgs = [s["exp_avg"] for s in states]
+        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        torch._foreach_add_(steps, 1.0)
+        counts = [st.item() for st in steps]  # as torch.optim.Adam reads them (steps live on the CPU)
+        torch._foreach_lerp_(exp_avgs, g, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, g, g, 1 - beta2)
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denom, [(1 - beta2 ** k) ** 0.5 for k in counts])
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, exp_avgs, denom, [-(lr / (1 - beta1 ** k)) for k in counts])
+        torch._foreach_lerp_(z, params, group["anchor_beta"])  # z <- z + beta (x_{k+1} - z)
 
     def _torch_adam_step(self, grads: list[Tensor]) -> None:
         """The same update through ``torch.optim.Adam.step`` (first step, hooks, non-default options)."""

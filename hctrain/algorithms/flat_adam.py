@@ -1,0 +1,111 @@
+"""Adam over one contiguous vector: the primal update of SPBM without a per-tensor loop.
+
+A parameter group's Adam state (``exp_avg``, ``exp_avg_sq``, ``step``) and its Moreau anchors z
+are kept as views into a few contiguous buffers, so the step
+
+    g     <- g + mu (x - z)
+    m     <- m + (1 - beta1) (g - m)                      (lerp, as torch.optim.Adam)
+    v     <- beta2 v + (1 - beta2) g * g
+    x     <- x - lr / (1 - beta1^k) * m / (sqrt(v) / sqrt(1 - beta2^k) + eps)
+    z     <- z + anchor_beta (x - z)
+
+is a dozen tensor operations on one vector of all the group's parameters, instead of a dozen per
+parameter tensor (``torch.optim.Adam``'s default CPU path) or a dozen ``torch._foreach_*`` calls
+that still visit every tensor. The parameters are copied into the vector and back (one
+``_foreach_copy_`` each way), so the model keeps its own tensors: nothing outside the optimizer
+sees a difference. The operations, their order and their scalars are those of
+``torch.optim.Adam``'s single-tensor path; elementwise float operations do not depend on how the
+elements are laid out, so the result is identical bit for bit (``tests/test_spbm.py``).
+
+The per-parameter views stay in the optimizer's ``state`` (so ``state_dict()`` and a fallback to
+``torch.optim.Adam.step``, which updates them in place, keep working); :meth:`FlatAdamGroup.is_current`
+checks that nobody replaced them.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+
+def _flatten(tensors: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """A new contiguous buffer holding ``tensors`` and, for each, a view of it with its shape."""
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    views, start = [], 0
+    for t in tensors:
+        views.append(flat[start:start + t.numel()].view_as(t))
+        start += t.numel()
+    return flat, views
+
+
+class FlatAdamGroup:
+    """The flat buffers of one parameter group.
+
+    Built from the group's parameters, their (initialised) Adam states and their anchors; the
+    states' tensors and the anchors are replaced, in place, by views of the new buffers.
+    """
+
+    def __init__(self, params: list[Tensor], states: list[dict], anchors: list[Tensor], first_anchor: int):
+        self.params = list(params)
+        self.dtype, self.device = params[0].dtype, params[0].device
+        self.x, self.x_views = _flatten(self.params)
+        self.grad, self.grad_views = _flatten(self.params)
+        self.exp_avg, self.exp_avg_views = _flatten([s["exp_avg"] for s in states])
+        self.exp_avg_sq, self.exp_avg_sq_views = _flatten([s["exp_avg_sq"] for s in states])
+        span = slice(first_anchor, first_anchor + len(params))
+        self.anchor, anchors[span] = _flatten(anchors[span])
+        self.anchor_views = anchors[span]
+        self.first_anchor = first_anchor
+        self.steps = torch.stack([s["step"].detach() for s in states])
+        self.step_views = list(self.steps.unbind())
+        for s, ea, es, st in zip(states, self.exp_avg_views, self.exp_avg_sq_views, self.step_views):
+            s["exp_avg"], s["exp_avg_sq"], s["step"] = ea, es, st
+
+    @staticmethod
+    def applicable(params: list[Tensor], states: list[dict]) -> bool:
+        """One dtype and device, dense real tensors, and the same step count for every parameter."""
+        ref = params[0]
+        if not all(p.dtype == ref.dtype and p.device == ref.device and p.layout == torch.strided
+                   and not p.is_complex() for p in params):
+            return False
+        steps = [s["step"] for s in states]
+        return all(torch.is_tensor(k) and k.dim() == 0 for k in steps) and len({float(k) for k in steps}) == 1
+
+    def is_current(self, params: list[Tensor], states: list[dict], anchors: list[Tensor]) -> bool:
+        """Whether the buffers still back this group: same parameters (dtype, device), and state
+        tensors and anchors that are still the views (a loaded state_dict replaces them)."""
+        if len(params) != len(self.params):
+            return False
+        for i, p in enumerate(params):
+            s = states[i]
+            if (p is not self.params[i] or p.dtype != self.dtype or p.device != self.device
+                    or s.get("exp_avg") is not self.exp_avg_views[i]
+                    or s.get("exp_avg_sq") is not self.exp_avg_sq_views[i]
+                    or s.get("step") is not self.step_views[i]
+                    or anchors[self.first_anchor + i] is not self.anchor_views[i]):
+                return False
+        return True
+
+    def step(self, grads: list[Tensor], lr: float, betas: tuple[float, float], eps: float, mu: float,
+             anchor_beta: float, const: Callable[[float, Tensor], Tensor], scratch: Tensor) -> None:
+        """One step (under ``torch.no_grad()``). ``const(value, like)`` gives ``value`` as a cached
+        0-dim tensor (cheaper than a Python scalar for CPU ops); ``scratch`` is a 0-dim tensor of
+        the parameters' dtype the bias correction is written into."""
+        beta1, beta2 = betas
+        x, g, z, exp_avg, exp_avg_sq = self.x, self.grad, self.anchor, self.exp_avg, self.exp_avg_sq
+        torch._foreach_copy_(self.x_views, self.params)
+        torch._foreach_copy_(self.grad_views, grads)
+        if mu > 0:
+            g.add_(x.sub(z), alpha=mu)
+        self.steps.add_(const(1.0, self.steps))
+        k = self.step_views[0].item()  # as torch.optim.Adam reads it (steps live on the CPU)
+        exp_avg.lerp_(g, 1 - beta1)
+        exp_avg_sq.mul_(const(beta2, x))
+        exp_avg_sq.addcmul_(g, g, value=1 - beta2)
+        denom = exp_avg_sq.sqrt()
+        denom.div_(scratch.fill_((1 - beta2 ** k) ** 0.5))
+        denom.add_(const(eps, x))
+        x.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1 ** k)))
+        torch._foreach_copy_(self.params, self.x_views)
+        z.lerp_(x, anchor_beta)
