@@ -29,14 +29,19 @@ import torch
 from torch import Tensor
 
 
+def _views(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
+    """Consecutive views of ``flat`` with the shapes of ``like``."""
+    views, start = [], 0
+    for t in like:
+        views.append(flat[start:start + t.numel()].view_as(t))
+        start += t.numel()
+    return views
+
+
 def _flatten(tensors: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
     """A new contiguous buffer holding ``tensors`` and, for each, a view of it with its shape."""
     flat = torch.cat([t.detach().reshape(-1) for t in tensors])
-    views, start = [], 0
-    for t in tensors:
-        views.append(flat[start:start + t.numel()].view_as(t))
-        start += t.numel()
-    return flat, views
+    return flat, _views(flat, tensors)
 
 
 class FlatAdamGroup:
@@ -50,7 +55,8 @@ class FlatAdamGroup:
         self.params = list(params)
         self.dtype, self.device = params[0].dtype, params[0].device
         self.x, self.x_views = _flatten(self.params)
-        self.grad, self.grad_views = _flatten(self.params)
+        self.grad = torch.empty_like(self.x)  # overwritten by every step
+        self.grad_views = _views(self.grad, self.params)
         self.exp_avg, self.exp_avg_views = _flatten([s["exp_avg"] for s in states])
         self.exp_avg_sq, self.exp_avg_sq_views = _flatten([s["exp_avg_sq"] for s in states])
         span = slice(first_anchor, first_anchor + len(params))

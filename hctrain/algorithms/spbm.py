@@ -423,7 +423,11 @@ class SPBM(ConstrainedOptimizer):
 
     def _flat_group(self, index: int, params: list[Tensor], first: int) -> FlatAdamGroup | None:
         """The flat buffers of group ``index``, (re)built when missing or stale; None when the group
-        cannot be flattened (mixed dtypes or devices, different step counts)."""
+        cannot be flattened (mixed dtypes or devices, different step counts). That verdict is kept
+        until ``load_state_dict`` or ``add_param_group`` clears it: the foreach path computes the
+        same numbers, so nothing is lost by not checking again every step."""
+        if index in self._flat and self._flat[index] is None:
+            return None
         states = [self.state[p] for p in params]
         anchors = self.algorithm_state["anchor"]
         flat = self._flat.get(index)
