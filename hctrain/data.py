@@ -8,6 +8,7 @@ cache ``acsincome_2018_subsample.parquet`` (a 46% subsample of the 2018 task, se
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import importlib
 import io
@@ -27,13 +28,18 @@ import torch
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
+from .checks import (check_bool, check_existing_dir, check_integer, check_number, check_path,
+                     check_seed, check_string)
+
 __all__ = [
     "ACS_CACHE_FILE",
     "ACS_CATEGORICAL",
     "ACS_FEATURES",
     "BalancedGroupSampler",
     "DUTCH_FILE",
+    "DataPathError",
     "DataUnavailableError",
+    "MissingValuesError",
     "FairnessData",
     "STATE_FIPS",
     "YearUnavailableError",
@@ -72,6 +78,8 @@ DUTCH_TARGET = "occupation"
 DUTCH_POSITIVE, DUTCH_NEGATIVE = "5_4_9", "2_1"
 DUTCH_GROUP_NAMES: dict[str, dict[str, str]] = {"sex": {"1": "Male", "2": "Female"}}
 
+ACS_CACHE_FIX = ("Restore the file from a fresh copy of the offline data (shared/data/README.md "
+                 "says how it was built), or load with download=True on a machine with internet.")
 CENSUS_HOST = "www2.census.gov"
 PROBE_TIMEOUT_S = 3.0
 DOWNLOAD_TIMEOUT_S = (10.0, 120.0)
@@ -87,6 +95,69 @@ class DataUnavailableError(RuntimeError):
 
 class YearUnavailableError(DataUnavailableError, ValueError):
     """The census download failed and the offline cache does not hold the requested year."""
+
+
+class DataPathError(DataUnavailableError, FileNotFoundError):
+    """An explicit data path (argument or ``$HCTRAIN_DATA_DIR``) names nothing usable."""
+
+
+def _existing_dir(name: str, value: Any) -> Path:
+    try:
+        return check_existing_dir(name, value)
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise DataPathError(str(e)) from None
+
+
+class MissingValuesError(ValueError):
+    """Features or labels hold NaN or infinite values (``drop_missing=True`` drops those rows)."""
+
+
+ACS_FIRST_YEAR = 2014
+ACS_NO_STANDARD_YEAR = 2020
+"""No standard 1-Year PUMS were released for 2020 (the Census Bureau's experimental estimates
+only, after the pandemic disrupted collection); folktables cannot download them."""
+
+
+def _check_year(year: Any) -> int:
+    year = check_integer("year", year, fix="; e.g. year=2018")
+    last = datetime.date.today().year - 1  # a survey year's 1-Year files appear the year after
+    if year < ACS_FIRST_YEAR:
+        raise ValueError(f"year {year} is not supported: folktables' ACS data starts in {ACS_FIRST_YEAR}")
+    if year > last:
+        raise ValueError(f"year {year} does not exist yet: ACS 1-Year PUMS of a year are published the "
+                         f"year after, so the latest possible is {last}; use a year in "
+                         f"{ACS_FIRST_YEAR}..{last} (the offline cache holds {ACS_CACHE_YEAR})")
+    if year == ACS_NO_STANDARD_YEAR:
+        raise ValueError(f"year {year} has no standard ACS 1-Year PUMS (only experimental estimates "
+                         "were released); use 2019 or 2021")
+    return year
+
+
+def _env_data_dir() -> Path | None:
+    """``$HCTRAIN_DATA_DIR`` as a folder that exists, None if unset; an error if it names nothing."""
+    value = os.environ.get("HCTRAIN_DATA_DIR") or None
+    if value is None:
+        return None
+    return _existing_dir("HCTRAIN_DATA_DIR (environment variable)", value)
+
+
+def _check_finite(frame: pd.DataFrame, columns: list[str], where: str, drop: bool,
+                  notes: list[str]) -> pd.DataFrame:
+    """``frame`` with every value of ``columns`` finite; else an error naming the columns and
+    the counts of bad rows, or (``drop``) those rows dropped and a note saying how many."""
+    values = frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return frame
+    per_column = {c: int(n) for c, n in zip(columns, bad.sum(0)) if n}
+    rows = bad.any(1)
+    listing = ", ".join(f"{c}: {n:,}" for c, n in per_column.items())
+    if not drop:
+        raise MissingValuesError(
+            f"{where}: {int(rows.sum()):,} of {len(frame):,} rows have missing or infinite values "
+            f"({listing}); repair or re-download the data, or pass drop_missing=True to drop those rows")
+    notes.append(f"{int(rows.sum()):,} rows with missing or infinite values dropped ({listing})")
+    return frame[~rows].reset_index(drop=True)
 
 
 @dataclass
@@ -145,7 +216,7 @@ class FairnessData:
 
 def _search_dirs(first: str | os.PathLike | None) -> list[Path]:
     """Folders searched for offline files: ``first``, ``$HCTRAIN_DATA_DIR``, ``SHARED_DATA_DIR``."""
-    candidates = [first, os.environ.get("HCTRAIN_DATA_DIR") or None, SHARED_DATA_DIR]
+    candidates = [first, _env_data_dir(), SHARED_DATA_DIR]
     dirs: list[Path] = []
     for c in candidates:
         if c is not None and Path(c) not in dirs:
@@ -159,9 +230,27 @@ def _find_file(file_name: str, first: str | os.PathLike | None) -> tuple[Path | 
     for d in _search_dirs(first):
         path = d if d.suffix == ".parquet" else d / file_name
         tried.append(path)
+        if path.is_dir():
+            raise DataUnavailableError(f"{path} is a folder, not the data file {file_name}: remove or "
+                                       "rename it, or put the file there")
         if path.is_file():
             return path, tried
     return None, tried
+
+
+def _read_checked(path: Path, columns: list[str], fix: str) -> pd.DataFrame:
+    """The parquet file at ``path`` with ``columns`` present; a damaged or incomplete file is an
+    error that names it and ``fix`` (how to rebuild or re-download it)."""
+    try:
+        table = _read_table(path, path.stat().st_mtime_ns)
+    except Exception as e:  # pyarrow raises several kinds for a damaged file
+        raise DataUnavailableError(f"cannot read {path}: it is damaged or not a parquet file "
+                                   f"({type(e).__name__}: {e}). {fix}") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DataUnavailableError(f"{path} is incomplete: it has no column {', '.join(missing)} "
+                                   f"(columns found: {', '.join(map(str, table.columns))}). {fix}")
+    return table
 
 
 @functools.lru_cache(maxsize=2)
@@ -254,7 +343,12 @@ def _cache_frame(
     if path is None:
         notes.append("offline cache: no " + ", ".join(map(str, tried)))
         return None
-    table = _read_table(path, path.stat().st_mtime_ns)
+    columns = ["ST", *ACS_FEATURES, "label"]
+    table = _read_checked(path, columns, ACS_CACHE_FIX)
+    text = [c for c in columns if not (pd.api.types.is_numeric_dtype(table[c]) or pd.api.types.is_bool_dtype(table[c]))]
+    if text:
+        raise DataUnavailableError(f"{path}: column {', '.join(text)} holds text where census codes "
+                                   f"(numbers) are expected. {ACS_CACHE_FIX}")
     frame = table.loc[table["ST"] == STATE_FIPS[state], ACS_FEATURES + ["label"]].reset_index(drop=True)
     if frame.empty:
         notes.append(f"offline cache {path}: no rows of {state} (FIPS {STATE_FIPS[state]})")
@@ -280,9 +374,8 @@ def _split_scale(
     return out, scaler
 
 
-def _check_test_size(test_size: float) -> None:
-    if not 0 < test_size < 1:
-        raise ValueError(f"test_size must be a fraction in (0, 1), got {test_size!r}")
+def _check_test_size(test_size: float) -> float:
+    return check_number("test_size (a fraction)", test_size, low=0.0, high=1.0, low_open=True, high_open=True)
 
 
 def load_acsincome(
@@ -296,6 +389,7 @@ def load_acsincome(
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
     verbose: bool = True,
+    drop_missing: bool = False,
 ) -> FairnessData:
     """Folktables ACSIncome (income > $50,000) for one state and year, protected attribute removed
     from the inputs and used as the group.
@@ -305,27 +399,38 @@ def load_acsincome(
     server answers; then the offline cache ``acsincome_2018_subsample.parquet`` (2018 only) in
     ``data_dir``, ``$HCTRAIN_DATA_DIR`` or ``<repo>/../shared/data``. The 9 other features keep
     their census codes (no one-hot). ``max_groups=k`` keeps the rows of the k most common groups.
-    Raises ValueError for bad arguments and DataUnavailableError when no source can be read.
+
+    An explicit ``data_dir`` (or ``$HCTRAIN_DATA_DIR``) must be an existing folder: it is never
+    silently replaced by another. Rows with a missing or infinite feature or label are an error
+    (:class:`MissingValuesError`, naming the columns and counts) unless ``drop_missing=True``,
+    which drops them and says how many in ``source``. A damaged or incomplete cache is a
+    DataUnavailableError naming the file. Raises ValueError for bad arguments and
+    DataUnavailableError when no source can be read.
     """
-    state = str(state).strip().upper()
+    state = check_string("state", state).strip().upper()
     if state not in STATE_FIPS:
         raise ValueError(f"unknown state {state!r}; valid: {', '.join(sorted(STATE_FIPS))}")
-    if protected not in ACS_CATEGORICAL:
+    if not isinstance(protected, str) or protected not in ACS_CATEGORICAL:
         raise ValueError(
             f"unknown protected attribute {protected!r}; valid (categorical ACSIncome features): "
             f"{', '.join(ACS_CATEGORICAL)}"
         )
-    year = int(year)
-    if year < 2014:
-        raise ValueError(f"year {year} is not supported: folktables' ACS data starts in 2014")
-    _check_test_size(test_size)
-    if max_groups is not None and max_groups < 2:
-        raise ValueError(f"max_groups must be at least 2, got {max_groups!r}")
+    year = _check_year(year)
+    test_size = _check_test_size(test_size)
+    seed = check_seed("seed", seed)
+    if max_groups is not None:
+        max_groups = check_integer("max_groups", max_groups, low=2, fix="; or None for every group")
+    if data_dir is not None:
+        data_dir = _existing_dir("data_dir", data_dir)
+    download = check_bool("download", download)
+    verbose = check_bool("verbose", verbose)
+    drop_missing = check_bool("drop_missing", drop_missing)
+    env_dir = _env_data_dir()
 
     notes: list[str] = []
     found = None
     if download:
-        root = Path(data_dir or os.environ.get("HCTRAIN_DATA_DIR") or Path.home() / ".cache" / "hctrain")
+        root = Path(data_dir or env_dir or Path.home() / ".cache" / "hctrain")
         found = _census_frame(state, year, root, notes)
     else:
         notes.append("folktables census download: skipped (download=False)")
@@ -345,7 +450,14 @@ def load_acsincome(
         )
     frame, where = found
     name = f"ACSIncome {state} {year}"
-    source = f"{name}: {len(frame):,} rows from {where}"
+    n_read, dropped = len(frame), []
+    frame = _check_finite(frame, ACS_FEATURES + ["label"], f"ACSIncome {state} {year} from {where}",
+                          drop_missing, dropped)
+    labels = set(np.unique(frame["label"].to_numpy()).tolist())
+    if not labels <= {0, 1}:
+        raise ValueError(f"ACSIncome {state} {year} from {where}: labels must be 0 or 1, found "
+                         f"{sorted(labels - {0, 1})[:5]}. {ACS_CACHE_FIX}")
+    source = f"{name}: {n_read:,} rows from {where}" + "".join(f", {d}" for d in dropped)
 
     codes = frame[protected].to_numpy().astype(np.int64)
     counts = pd.Series(codes).value_counts()
@@ -392,21 +504,52 @@ def load_dutch_census(
     test_size: float = 0.2,
     seed: int = 0,
     verbose: bool = True,
+    drop_missing: bool = False,
 ) -> FairnessData:
     """Dutch census 2001: predict occupation ``5_4_9`` (label 1) vs ``2_1`` (label 0), with
     ``protected`` (a column, default ``sex``) as the group and the other columns one-hot encoded.
 
-    ``dutch_census_2001.parquet`` is looked up at ``path`` (file or folder), ``$HCTRAIN_DATA_DIR``,
-    then ``<repo>/../shared/data``.
+    ``dutch_census_2001.parquet`` is read from ``path`` (the file, or the folder holding it) when
+    given -- an explicit path that does not hold it is an error, never a fallback -- else from
+    ``$HCTRAIN_DATA_DIR``, then ``<repo>/../shared/data``. Rows with a missing value are an error
+    (:class:`MissingValuesError`) unless ``drop_missing=True``.
     """
-    _check_test_size(test_size)
-    file, tried = _find_file(DUTCH_FILE, path)
-    if file is None:
-        raise DataUnavailableError(
-            f"{DUTCH_FILE} not found; tried {', '.join(map(str, tried))}. Pass path= or set "
-            "HCTRAIN_DATA_DIR to the folder holding it."
-        )
-    table = _read_table(file, file.stat().st_mtime_ns).astype(str)
+    test_size = _check_test_size(test_size)
+    seed = check_seed("seed", seed)
+    verbose = check_bool("verbose", verbose)
+    drop_missing = check_bool("drop_missing", drop_missing)
+    if path is not None:
+        given = check_path("path", path)
+        file = given if given.suffix == ".parquet" else given / DUTCH_FILE
+        if given.suffix != ".parquet":
+            _existing_dir("path", given)
+        if file.is_dir():
+            raise DataUnavailableError(f"{file} is a folder, not the data file {DUTCH_FILE}")
+        if not file.is_file():
+            raise DataPathError(f"path: {file} does not exist; give the file {DUTCH_FILE} or the "
+                                    "folder holding it (an explicit path is never replaced by another)")
+    else:
+        file, tried = _find_file(DUTCH_FILE, None)
+        if file is None:
+            raise DataUnavailableError(
+                f"{DUTCH_FILE} not found; tried {', '.join(map(str, tried))}. Pass path= or set "
+                "HCTRAIN_DATA_DIR to the folder holding it."
+            )
+    fix = ("Restore it from a fresh copy of the offline data (shared/data/README.md describes it) "
+           "or download the Dutch census 2001 again.")
+    raw = _read_checked(file, [DUTCH_TARGET], fix)
+    if not isinstance(protected, str):
+        raise ValueError(f"protected must be a column name (str), got {protected!r}")
+    missing = raw.isna()
+    if missing.any(axis=None):
+        per_column = {c: int(n) for c, n in missing.sum().items() if n}
+        listing = ", ".join(f"{c}: {n:,}" for c, n in per_column.items())
+        rows = int(missing.any(axis=1).sum())
+        if not drop_missing:
+            raise MissingValuesError(f"{file}: {rows:,} of {len(raw):,} rows have missing values ({listing}); "
+                                     f"pass drop_missing=True to drop them. {fix}")
+        raw = raw[~missing.any(axis=1)].reset_index(drop=True)
+    table = raw.astype(str)
     columns = [c for c in table.columns if c != DUTCH_TARGET]
     if protected not in columns:
         raise ValueError(f"unknown protected attribute {protected!r}; valid: {', '.join(columns)}")
@@ -414,6 +557,8 @@ def load_dutch_census(
     table = table[table[DUTCH_TARGET].isin([DUTCH_POSITIVE, DUTCH_NEGATIVE])].reset_index(drop=True)
     name = "Dutch census 2001"
     dropped = f", {n_all - len(table):,} rows of other occupations dropped" if n_all > len(table) else ""
+    if missing.any(axis=None):
+        dropped += f", {rows:,} rows with missing values dropped ({listing})"
     source = f"{name}: {len(table):,} rows from {file} (occupation {DUTCH_POSITIVE} vs {DUTCH_NEGATIVE}{dropped})"
 
     levels = sorted(table[protected].unique(), key=_code_order)
@@ -454,9 +599,13 @@ class BalancedGroupSampler:
         seed: int | None = None,
         group_names: Sequence[str] | None = None,
     ) -> None:
-        group = torch.as_tensor(group).reshape(-1).long()
-        if batch_per_group < 1:
-            raise ValueError(f"batch_per_group must be at least 1, got {batch_per_group!r}")
+        batch_per_group = check_integer("batch_per_group", batch_per_group, low=1)
+        if seed is not None:
+            seed = check_integer("seed", seed, low=0, high=2**63 - 1)
+        group = torch.as_tensor(group).reshape(-1)
+        if group.is_floating_point() or group.dtype == torch.bool:
+            raise ValueError(f"group must hold integer group codes 0..G-1, got dtype {group.dtype}")
+        group = group.long()
         if group.numel() == 0:
             raise ValueError("group is empty: no rows to sample from")
         if int(group.min()) < 0:

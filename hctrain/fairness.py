@@ -30,6 +30,8 @@ import torch
 from fairret.statistic import LinearFractionalStatistic, PositiveRate
 from torch import Tensor
 
+from .checks import check_number
+
 ConstraintKind = Literal["one_vs_overall", "pairwise"]
 KINDS: tuple[str, ...] = ("one_vs_overall", "pairwise")
 
@@ -48,12 +50,11 @@ class GroupFairnessConstraints:
         kind: ConstraintKind = "one_vs_overall",
         statistic: LinearFractionalStatistic | None = None,
     ):
-        if kind not in KINDS:
+        if not isinstance(kind, str) or kind not in KINDS:
             raise ValueError(f"unknown constraint kind {kind!r}; use one of {KINDS}")
         if len(group_names) < 2:
             raise ValueError(f"fairness constraints need at least 2 groups, got {len(group_names)}")
-        if not (bound >= 0.0 and bound == bound and bound != float("inf")):
-            raise ValueError(f"bound must be a finite number >= 0, got {bound}")
+        bound = check_number("bound", bound, low=0.0, fix="; e.g. bound=0.05")
         self.group_names = list(group_names)
         self.bound = float(bound)
         self.kind = kind

@@ -5,11 +5,29 @@ evaluates loss, accuracy and every constraint on the full train and test sets at
 training times. Only training is timed: evaluation pauses the clock. Records are tidy, one row
 per (run, evaluation, split, metric), and each finished run is written to ``path`` at once, so an
 interrupted or failing experiment keeps what it finished.
+
+What can go wrong, and what then happens:
+
+* every argument is checked before the first run starts, ``path`` included (a folder, a file
+  under a file, a folder that cannot be written: all fail at once);
+* a run that fails raises :class:`RunFailedError`; an evaluation that is NaN or infinite is such
+  a failure; Ctrl-C raises :class:`RunInterrupted`. Both say which runs finished and where
+  they are saved, and carry them in ``.records``;
+* a save that fails all the same raises :class:`RecordsNotSavedError`: the finished runs are
+  written to a fallback file whose name the error gives, and carried in ``.records``; no
+  temporary file is left behind;
+* with ``n_jobs > 1`` the runs go to worker processes that exit by themselves when the parent
+  process dies (killed, terminated or interrupted), so none is left running.
 """
 from __future__ import annotations
 
 import math
+import os
+import signal
+import tempfile
+import threading
 import time
+from concurrent.futures import as_completed
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -18,11 +36,40 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from .checks import check_bool, check_integer, check_number, check_output_file, check_seed, SEED_MAX
 from .problem import StochasticProblem
 from .task import FairnessTask
 
 COLUMNS = ["algorithm", "run", "seed", "step", "time_s", "split", "metric", "value"]
+DEFAULT_BUDGET_S = 60.0
+"""The time budget of a run when neither ``budget_s`` nor ``max_steps`` is given."""
 AlgorithmFactory = Callable[[StochasticProblem], Any]
+
+
+class RunFailedError(RuntimeError):
+    """A run raised; ``records`` holds the runs that finished before it (also saved to ``path``)."""
+
+    def __init__(self, message: str, records: pd.DataFrame):
+        super().__init__(message)
+        self.records = records
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run`; ``records`` holds the finished runs, saved to ``path`` if given."""
+
+    def __init__(self, message: str, records: pd.DataFrame):
+        super().__init__(message)
+        self.records = records
+
+
+class RecordsNotSavedError(OSError):
+    """Writing the records to ``path`` failed; they are in ``records`` and in ``fallback`` (a
+    file in the temporary folder), unless that could not be written either (then None)."""
+
+    def __init__(self, message: str, records: pd.DataFrame, fallback: Path | None):
+        super().__init__(message)
+        self.records = records
+        self.fallback = fallback
 
 
 def run(
@@ -30,7 +77,7 @@ def run(
     algorithm: type | AlgorithmFactory,
     *,
     hyper: dict[str, Any] | None = None,
-    budget_s: float | None = 60.0,
+    budget_s: float | None = None,
     max_steps: int | None = None,
     n_runs: int = 5,
     seed: int = 0,
@@ -47,30 +94,55 @@ def run(
 
     ``algorithm`` is an algorithm class (built with ``cls.from_problem(problem, **hyper)``) or a
     callable ``problem -> algorithm``. Run ``r`` uses seed ``seed + r`` for the model's
-    initialisation and its batches. A run stops when its training time reaches ``budget_s`` or
-    after ``max_steps`` steps, whichever comes first (give at least one). Evaluations happen at
-    training time 0 and every ``eval_every_s`` seconds of training (default ``budget_s / 120``),
-    or every ``eval_every_steps`` steps when there is no time budget. ``n_jobs`` > 1 runs that
-    many runs at once in separate processes, each limited to ``threads`` threads.
+    initialisation and its batches.
+
+    Budgets: ``budget_s`` seconds of training, ``max_steps`` steps, or both (a run stops at
+    whichever comes first). With neither, ``budget_s`` is 60 s. With ``max_steps`` alone a run is
+    step-budgeted (no clock limit) and evaluates every ``eval_every_steps`` steps (default
+    ``max_steps // 100``). With a time budget it evaluates at training time 0 and every
+    ``eval_every_s`` seconds of training (default ``budget_s / 120``), or every
+    ``eval_every_steps`` steps if only that is given.
+
+    ``path``: a parquet file to which the records are written after each finished run (checked
+    for writing before the first run). ``n_jobs`` > 1 runs that many runs at once in separate
+    processes, each limited to ``threads`` threads. Errors: see the module docstring.
     """
+    if not (callable(getattr(task, "problem", None)) and callable(getattr(task, "evaluate", None))):
+        raise TypeError(
+            f"task must provide problem(seed, separate_constraint_sampler=...) and evaluate(model), "
+            f"as hctrain.task.FairnessTask does; got {type(task).__name__}. A bare StochasticProblem "
+            "has no evaluation: wrap your data in a task, or call algorithm.step(problem) in your own loop")
+    if hyper is not None and not (isinstance(hyper, dict) and all(isinstance(k, str) for k in hyper)):
+        raise TypeError(f"hyper must be a dict of hyperparameter names to values, got {hyper!r}")
     if budget_s is None and max_steps is None:
-        raise ValueError("give a time budget (budget_s) or a step count (max_steps)")
-    if budget_s is not None and not (isinstance(budget_s, (int, float)) and math.isfinite(budget_s) and budget_s > 0):
-        raise ValueError(f"budget_s must be a positive number of seconds, got {budget_s!r}")
-    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
-        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
-    if not isinstance(n_runs, int) or n_runs < 1:
-        raise ValueError(f"n_runs must be a positive integer, got {n_runs!r}")
-    if not isinstance(n_jobs, int) or n_jobs < 1:
-        raise ValueError(f"n_jobs must be a positive integer, got {n_jobs!r}")
-    if eval_every_s is None and budget_s is not None:
-        eval_every_s = budget_s / 120
-    if eval_every_s is not None and not eval_every_s > 0:
-        raise ValueError(f"eval_every_s must be > 0, got {eval_every_s!r}")
-    if eval_every_steps is None and eval_every_s is None:
-        eval_every_steps = max(1, max_steps // 100)
-    if eval_every_steps is not None and (not isinstance(eval_every_steps, int) or eval_every_steps < 1):
-        raise ValueError(f"eval_every_steps must be a positive integer, got {eval_every_steps!r}")
+        budget_s = DEFAULT_BUDGET_S
+    if budget_s is not None:
+        budget_s = check_number("budget_s (seconds of training per run)", budget_s, low=0.0, low_open=True)
+    if max_steps is not None:
+        max_steps = check_integer("max_steps", max_steps, low=1)
+    n_runs = check_integer("n_runs", n_runs, low=1)
+    seed = check_seed("seed", seed)
+    if seed + n_runs - 1 > SEED_MAX:
+        raise ValueError(f"seed + n_runs - 1 must be <= {SEED_MAX} (run r uses seed + r), got "
+                         f"seed={seed}, n_runs={n_runs}")
+    n_jobs = check_integer("n_jobs (runs at once)", n_jobs, low=1)
+    if threads is not None:
+        threads = check_integer("threads (per run)", threads, low=1, fix="; or None to leave torch's setting")
+    separate_constraint_sampler = check_bool("separate_constraint_sampler", separate_constraint_sampler)
+    progress = check_bool("progress", progress)
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"name must be a string, got {name!r}")
+    if eval_every_s is not None:
+        eval_every_s = check_number("eval_every_s", eval_every_s, low=0.0, low_open=True)
+    if eval_every_steps is not None:
+        eval_every_steps = check_integer("eval_every_steps", eval_every_steps, low=1)
+    if eval_every_s is None and eval_every_steps is None:
+        if budget_s is not None:
+            eval_every_s = budget_s / 120
+        else:
+            eval_every_steps = max(1, max_steps // 100)
+    if path is not None:
+        path = check_output_file("path", path)
 
     factory = _factory(algorithm, hyper or {})
     factory(task.problem(seed, separate_constraint_sampler=separate_constraint_sampler))  # bad hyperparameters fail here, before any run
@@ -81,18 +153,35 @@ def run(
     jobs = [(r, seed + r) for r in range(n_runs)]
     finished: list[pd.DataFrame] = []
     bar = tqdm(total=n_runs, desc=label, unit="run", disable=not progress)
+    frames = _execute(task, factory, label, jobs, settings, n_jobs)
     try:
-        for frame in _execute(task, factory, label, jobs, settings, n_jobs):
+        for frame in frames:
             finished.append(frame)
-            _save(finished, path)
+            _save(finished, path, label)
             bar.update(1)
+    except RecordsNotSavedError:
+        raise
     except BaseException as error:
-        _save(finished, path)
-        where = f"; the {len(finished)} finished runs are saved in {path}" if path else ""
+        frames.close()  # stops (kills) any worker processes before the records are saved
+        done = sorted(int(f["run"].iloc[0]) for f in finished)
+        pending = [r for r, _ in jobs if r not in done]
+        try:
+            _save(finished, path, label)
+            where = (f"saved in {path}" if path and finished else
+                     "not saved to a file (no path given); they are in the exception's .records" if finished
+                     else "nothing to save")
+        except RecordsNotSavedError as failed:
+            where = str(failed)
+        records = _combine(finished)
+        summary = f"{label}: runs {done} of {n_runs} finished ({where}); runs {pending} did not finish"
+        if isinstance(error, KeyboardInterrupt):
+            raise RunInterrupted(f"interrupted: {summary}", records) from error
         if isinstance(error, Exception):
-            raise RuntimeError(f"{label}: a run failed after {len(finished)} finished runs{where}: {error}") from error
+            raise RunFailedError(f"{label}: a run failed after {len(finished)} finished runs: "
+                                 f"{type(error).__name__}: {error}. {summary}", records) from error
         raise
     finally:
+        frames.close()
         bar.close()
     return _combine(finished)
 
@@ -115,10 +204,48 @@ def _execute(task, factory, label, jobs, settings, n_jobs) -> Iterator[pd.DataFr
         for r, s in jobs:
             yield single_run(task, factory, label, r, s, **settings)
         return
-    from joblib import Parallel, delayed
+    with worker_pool(min(n_jobs, len(jobs))) as pool:
+        futures = [pool.submit(single_run, task, factory, label, r, s, **settings) for r, s in jobs]
+        for future in as_completed(futures):
+            yield future.result()
 
-    parallel = Parallel(n_jobs=min(n_jobs, len(jobs)), return_as="generator_unordered")
-    yield from parallel(delayed(single_run)(task, factory, label, r, s, **settings) for r, s in jobs)
+
+PARENT_POLL_S = 0.25
+"""How often a worker process checks that the process that started it is still alive."""
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: leave Ctrl-C to the parent, and exit as soon as the parent is gone.
+
+    A worker whose parent was killed (SIGKILL, SIGTERM) is re-parented; it notices within
+    ``PARENT_POLL_S`` and exits, so no orphan keeps computing or holds the parent's stdout.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(PARENT_POLL_S)
+
+    threading.Thread(target=watch, name="hctrain-parent-watch", daemon=True).start()
+
+
+@contextmanager
+def worker_pool(n_workers: int) -> Iterator[Any]:
+    """A pool of ``n_workers`` processes (loky, so callables defined in a notebook travel) whose
+    workers exit when this process dies; on any error or interruption they are killed."""
+    from joblib.externals.loky import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(max_workers=n_workers, initializer=_exit_with_parent,
+                               initargs=(os.getpid(),))
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, kill_workers=True)
+        raise
+    else:
+        pool.shutdown(wait=True)
 
 
 def single_run(
@@ -142,7 +269,16 @@ def single_run(
         rows: list[tuple] = []
 
         def record(step: int, elapsed: float) -> None:
-            for (split, metric), value in task.evaluate(problem.model).items():
+            values = task.evaluate(problem.model)
+            bad = [f"{split} {metric} = {value}" for (split, metric), value in values.items()
+                   if not math.isfinite(value)]
+            if bad:
+                raise FloatingPointError(
+                    f"run {run_index} (seed {seed}), evaluation at step {step}: {len(bad)} values are "
+                    f"not finite ({', '.join(bad[:6])}{', ...' if len(bad) > 6 else ''}). The model's "
+                    "outputs or the data hold NaN or infinity there: lower the step sizes, or check "
+                    "the split (hctrain's loaders refuse missing values unless drop_missing=True)")
+            for (split, metric), value in values.items():
                 rows.append((label, run_index, seed, step, elapsed, split, metric, value))
 
         elapsed, step = 0.0, 0
@@ -183,14 +319,38 @@ def _combine(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).sort_values(["run", "step"], kind="stable", ignore_index=True)
 
 
-def _save(frames: list[pd.DataFrame], path: str | Path | None) -> None:
+def _save(frames: list[pd.DataFrame], path: Path | None, label: str = "records") -> None:
+    """Write the finished runs to ``path`` (atomically: a temporary file, then a rename). If that
+    fails, write them to a fallback file and raise RecordsNotSavedError naming it."""
     if path is None or not frames:
         return
-    path = Path(path)
+    records = _combine(frames)
+    try:
+        _write_atomically(records, path)
+    except Exception as error:
+        fallback: Path | None
+        stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)
+        try:
+            handle, name = tempfile.mkstemp(prefix=f"hctrain-{stem}-", suffix=".parquet")
+            os.close(handle)
+            fallback = Path(name)
+            records.to_parquet(fallback, index=False)
+            kept = f"the {len(frames)} finished runs are in {fallback} and in the exception's .records"
+        except Exception:
+            fallback = None
+            kept = f"the {len(frames)} finished runs are only in the exception's .records"
+        raise RecordsNotSavedError(f"could not write the records to {path} "
+                                   f"({type(error).__name__}: {error}); {kept}", records, fallback) from error
+
+
+def _write_atomically(records: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    _combine(frames).to_parquet(tmp, index=False)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        records.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_records(path: str | Path) -> pd.DataFrame:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from fairret.statistic import LinearFractionalStatistic
 from torch import Tensor, nn
 
+from .checks import check_integer, check_number
 from .data import BalancedGroupSampler, FairnessData
 from .fairness import ConstraintKind, GroupFairnessConstraints
 from .models import paper_mlp
@@ -33,6 +34,16 @@ class FairnessTask:
         model_fn: Callable[[int], nn.Module] = paper_mlp,
         statistic: LinearFractionalStatistic | None = None,
     ):
+        if not isinstance(data, FairnessData):
+            raise TypeError(f"data must be a FairnessData (from hctrain.data.load_acsincome or "
+                            f"load_dutch_census), got {type(data).__name__}")
+        bound = check_number("bound", bound, low=0.0, fix="; e.g. bound=0.05")
+        batch_per_group = check_integer("batch_per_group", batch_per_group, low=1, fix="; e.g. 32")
+        if not callable(model_fn):
+            raise TypeError(f"model_fn must be a callable n_features -> torch.nn.Module, got {model_fn!r}")
+        if statistic is not None and not isinstance(statistic, LinearFractionalStatistic):
+            raise TypeError(f"statistic must be a fairret LinearFractionalStatistic instance (e.g. "
+                            f"fairret.statistic.PositiveRate()), got {statistic!r}")
         self.data = data
         self.constraints = GroupFairnessConstraints(data.group_names, bound, constraint, statistic)
         self.batch_per_group = batch_per_group

@@ -123,7 +123,7 @@ def test_codes_path_overall_rate_is_the_general_formula(kind) -> None:
     stats_fast, overall_fast = fast.group_statistics(probs, codes)
     stats_general, overall_general = general.group_statistics(probs, F.one_hot(codes, 7).float())
     assert torch.equal(overall_fast, overall_general)
-    assert torch.allclose(stats_fast, stats_general, atol=1e-7, rtol=0)
+    assert torch.allclose(stats_fast, stats_general, atol=1e-6, rtol=0)  # float32 sums in another order: a few ulps of 0.5
     assert torch.equal(fast.gaps(probs, codes) - 0.1, fast(probs, codes))
 
 

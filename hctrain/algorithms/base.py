@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
+from ..checks import check_number, is_number
 from ..problem import StochasticProblem
 
 ALGORITHM_STATE = "algorithm"
@@ -57,7 +58,15 @@ class ConstrainedOptimizer(torch.optim.Optimizer):
         """Number of completed steps."""
         return self.algorithm_state["step"]
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch's optimizer state, tagged with the algorithm's name (see :func:`check_state_dict`)."""
+        return tag_state_dict(self, super().state_dict())
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict` of the same algorithm, over parameters of the
+        same shapes and the same m; anything else is refused, naming what differs, before
+        anything changes."""
+        check_state_dict(self, state_dict)
         # Deep copy so that a loaded optimizer never shares tensors with the dict it came from.
         super().load_state_dict(copy.deepcopy(state_dict))
 
@@ -75,25 +84,16 @@ class ConstrainedOptimizer(torch.optim.Optimizer):
 # --- validation: clear errors, raised before any state changes -------------------------------
 
 def check_positive(name: str, value: float) -> float:
-    if not _is_number(value) or not value > 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return check_number(name, value, low=0.0, low_open=True)
 
 
 def check_nonnegative(name: str, value: float) -> float:
-    if not _is_number(value) or not value >= 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return check_number(name, value, low=0.0)
 
 
 def check_interval(name: str, value: float, low: float, high: float, *,
                    low_open: bool = False, high_open: bool = False) -> float:
-    ok = _is_number(value) and (value > low if low_open else value >= low) and (
-        value < high if high_open else value <= high)
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must lie in {interval}, got {value!r}")
-    return float(value)
+    return check_number(name, value, low=low, high=high, low_open=low_open, high_open=high_open)
 
 
 def check_values(m: int | None, loss: Tensor | None = None, constraints: Tensor | None = None) -> None:
@@ -112,5 +112,102 @@ def check_values(m: int | None, loss: Tensor | None = None, constraints: Tensor 
         raise ValueError(f"the objective is not finite ({loss.item()}); check the data and the step sizes")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+_is_number = is_number
+
+
+def check_adam_hyperparameters(lr: Any, betas: Any, eps: Any) -> tuple[float, tuple[float, float], float]:
+    """Adam's lr > 0, betas a pair in [0, 1), eps > 0 (eps = 0 divides by zero where a
+    gradient coordinate is 0; lr = 0 never moves)."""
+    lr = check_number("lr", lr, low=0.0, low_open=True, fix="; e.g. lr=1e-3")
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"betas must be a pair (beta1, beta2), e.g. (0.9, 0.999), got {betas!r}")
+    betas = (check_number("betas[0]", betas[0], low=0.0, high=1.0, high_open=True),
+             check_number("betas[1]", betas[1], low=0.0, high=1.0, high_open=True))
+    eps = check_number("eps", eps, low=0.0, low_open=True, fix="; e.g. eps=1e-8")
+    return lr, betas, eps
+
+
+# --- state dicts: refuse a state from another algorithm, model or m ---------------------------
+
+STATE_TAG = "hctrain_algorithm"
+"""Key of ``state_dict()`` naming the algorithm that saved it (torch ignores extra keys)."""
+
+
+def tag_state_dict(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+    state_dict[STATE_TAG] = type(optimizer).__name__
+    return state_dict
+
+
+def _shape(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return tuple(value.shape)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, Tensor) for v in value):
+        return [tuple(v.shape) for v in value]
+    return None
+
+
+def check_state_dict(optimizer: torch.optim.Optimizer, state_dict: Any) -> None:
+    """Raise ValueError, naming the difference, unless ``state_dict`` was saved by the same
+    algorithm over parameters of the same shapes (and, for constrained methods, the same m)."""
+    name = type(optimizer).__name__
+    if not (isinstance(state_dict, dict) and "state" in state_dict and "param_groups" in state_dict):
+        got = f"a dict with keys {sorted(map(str, state_dict))}" if isinstance(state_dict, dict) else type(state_dict).__name__
+        raise ValueError(f"{name}.load_state_dict needs what {name}.state_dict() returns (keys 'state' "
+                         f"and 'param_groups'); got {got}")
+    tag = state_dict.get(STATE_TAG)
+    if tag is not None and tag != name:
+        raise ValueError(f"this state was saved by {tag}, not {name}: resume it with a {tag}, or start "
+                         f"the {name} afresh")
+    saved_groups, groups = state_dict["param_groups"], optimizer.param_groups
+    if len(saved_groups) != len(groups):
+        raise ValueError(f"the state has {len(saved_groups)} parameter groups, this {name} has "
+                         f"{len(groups)}: it was saved for another model or another grouping")
+    by_id: dict[Any, tuple[int, Tensor]] = {}
+    position = 0
+    for i, (saved, group) in enumerate(zip(saved_groups, groups)):
+        if len(saved["params"]) != len(group["params"]):
+            raise ValueError(f"parameter group {i}: the state holds {len(saved['params'])} parameters, "
+                             f"this {name} has {len(group['params'])}: it was saved for another model")
+        saved_keys, keys = set(saved) - {"params"}, set(group) - {"params"}
+        if saved_keys != keys:
+            raise ValueError(
+                f"parameter group {i}: the state's hyperparameters are not {name}'s (missing: "
+                f"{sorted(keys - saved_keys)}, not {name}'s: {sorted(saved_keys - keys)}): it was "
+                "saved by another algorithm")
+        for saved_id, p in zip(saved["params"], group["params"]):
+            by_id[saved_id] = (position, p)
+            position += 1
+    for key, entry in state_dict["state"].items():
+        if key == ALGORITHM_STATE:
+            continue
+        if key not in by_id:
+            raise ValueError(f"the state holds an entry for parameter {key!r}, which none of its "
+                             "parameter groups lists: it is not a state_dict() of this optimizer")
+        position, p = by_id[key]
+        for field, value in entry.items():
+            if isinstance(value, Tensor) and value.dim() > 0 and tuple(value.shape) != tuple(p.shape):
+                raise ValueError(f"parameter {position} has shape {tuple(p.shape)}, but the state's "
+                                 f"{field!r} for it has shape {tuple(value.shape)}: the state was saved "
+                                 "for another model")
+    current = optimizer.state.get(ALGORITHM_STATE)
+    if current is None:
+        return
+    saved_state = state_dict["state"].get(ALGORITHM_STATE)
+    if not isinstance(saved_state, dict):
+        raise ValueError(f"the state has no {ALGORITHM_STATE!r} entry (steps, duals, ...): it was not "
+                         f"saved by {name}")
+    missing = sorted(set(current) - set(saved_state))
+    if missing:
+        raise ValueError(f"the state lacks {name}'s {missing}: it was saved by another algorithm")
+    m = getattr(optimizer, "m", None)
+    for field, value in current.items():
+        mine, theirs = _shape(value), _shape(saved_state[field])
+        if mine is None or mine == theirs:
+            continue
+        which = ""
+        if (isinstance(mine, tuple) and isinstance(theirs, tuple) and len(mine) == len(theirs) == 1
+                and m is not None and mine[0] == m):
+            which = f": the state is for m={theirs[0]} constraints, this {name} has m={m}"
+        elif isinstance(mine, list):
+            which = ": the state was saved for another model"
+        raise ValueError(f"the state's {field!r} has shape {theirs}, this {name}'s has {mine}{which}")

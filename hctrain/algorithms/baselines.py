@@ -15,7 +15,9 @@ from fairret.statistic import PositiveRate
 from torch import Tensor
 
 from ..problem import StochasticProblem
-from .base import ALGORITHM_STATE, check_nonnegative, check_values
+from ..checks import check_integer, check_number
+from .base import (ALGORITHM_STATE, check_adam_hyperparameters, check_nonnegative, check_state_dict,
+                   check_values, tag_state_dict)
 
 
 class Adam(torch.optim.Adam):
@@ -23,6 +25,10 @@ class Adam(torch.optim.Adam):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, m: int | None = None):
+        lr, betas, eps = check_adam_hyperparameters(lr, betas, eps)
+        weight_decay = check_nonnegative("weight_decay", weight_decay)
+        if m is not None:
+            m = check_integer("m (the number of constraints)", m, low=1)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         self.m = m
         self.state[ALGORITHM_STATE] = {"step": 0}
@@ -50,7 +56,11 @@ class Adam(torch.optim.Adam):
         self.state[ALGORITHM_STATE]["step"] += 1
         return {"loss": loss.detach()}
 
+    def state_dict(self) -> dict[str, Any]:
+        return tag_state_dict(self, super().state_dict())
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_state_dict(self, state_dict)
         super().load_state_dict(copy.deepcopy(state_dict))
 
 
@@ -63,9 +73,9 @@ class FairretRegularized(Adam):
 
     def __init__(self, params, n_groups: int, weight: float = 1.0, p: int = 1,
                  lr: float = 1e-3, **adam: Any):
-        if not isinstance(n_groups, int) or n_groups < 2:
-            raise ValueError(f"n_groups must be an integer >= 2, got {n_groups!r}")
+        n_groups = check_integer("n_groups", n_groups, low=2)
         self.weight = check_nonnegative("weight", weight)
+        check_number("p (of fairret's p-norm)", p, low=1.0, fix="; e.g. p=1 or p=2")
         super().__init__(params, lr=lr, **adam)
         self.n_groups = n_groups
         self.fairret_loss = NormLoss(PositiveRate(), p=p)

@@ -31,7 +31,8 @@ class GDA(ConstrainedOptimizer):
         super().__init__(params, defaults, m)
         if m is None:
             raise ValueError("GDA needs m, the number of constraints")
-        self.algorithm_state["dual"] = torch.zeros(m)
+        like = self.params[0]
+        self.algorithm_state["dual"] = torch.zeros(m, dtype=like.dtype, device=like.device)
 
     @property
     def dual(self) -> Tensor:

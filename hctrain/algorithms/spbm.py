@@ -211,7 +211,7 @@ class SPBM(ConstrainedOptimizer):
             lr=check_positive("lr", lr),
             betas=(check_interval("betas[0]", betas[0], 0.0, 1.0, high_open=True),
                    check_interval("betas[1]", betas[1], 0.0, 1.0, high_open=True)),
-            eps=check_nonnegative("eps", eps),
+            eps=check_positive("eps", eps),
             mu=check_nonnegative("mu", mu),
             anchor_beta=check_interval("anchor_beta", anchor_beta, 0.0, 1.0, low_open=True),
             gamma=check_interval("gamma", gamma, 0.0, 1.0, high_open=True),

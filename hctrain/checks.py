@@ -1,0 +1,160 @@
+"""Argument checks shared by the public API: each names the argument, the value and the fix.
+
+Every public function and class of hctrain checks its arguments with these before it does any
+work, so a bad value fails at once with a message such as ``batch_per_group must be an integer
+>= 1, got 8.7 (float)`` instead of deep inside torch, scikit-learn or pandas, or not at all.
+
+Numbers are ``int``/``float`` (or NumPy scalars); ``bool`` is never a number; strings are never
+converted (``'0.05'`` is refused, naming the string). Integers must be integers: ``8.7`` and
+``8.0`` are refused rather than truncated.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+SEED_MAX = 2**32 - 1
+"""Largest seed accepted: NumPy's and scikit-learn's random states take seeds in [0, 2^32 - 1]."""
+
+
+def _shown(value: Any) -> str:
+    kind = type(value).__name__
+    return f"{value!r} ({kind})" if not isinstance(value, (int, float)) or isinstance(value, bool) else repr(value)
+
+
+def _hint(value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return f"; pass the number itself, {value.strip()}, not the string {value!r}"
+    return ""
+
+
+def is_number(value: Any) -> bool:
+    """A finite real number that is not a bool (ints, floats and NumPy scalars)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(float(value)))
+
+
+def check_number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False, fix: str = "") -> float:
+    """``value`` as a float, if it is a finite number in the interval given; else ValueError."""
+    ok = is_number(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        if low is not None and high is not None:
+            what = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        elif low is not None:
+            what = f"a finite number {'>' if low_open else '>='} {low:g}"
+        elif high is not None:
+            what = f"a finite number {'<' if high_open else '<='} {high:g}"
+        else:
+            what = "a finite number"
+        raise ValueError(f"{name} must be {what}, got {_shown(value)}{_hint(value)}{fix}")
+    return float(value)
+
+
+def check_integer(name: str, value: Any, *, low: int | None = None, high: int | None = None,
+                  fix: str = "") -> int:
+    """``value`` as an int, if it is an integer (not a bool or a float) within [low, high]."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if ok and low is not None:
+        ok = value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bounds = (f" in [{low}, {high}]" if low is not None and high is not None
+                  else f" >= {low}" if low is not None else f" <= {high}" if high is not None else "")
+        extra = ""
+        if isinstance(value, float) and math.isfinite(value) and not isinstance(value, bool):
+            extra = f"; {value!r} is a float: pass a whole number (it is not rounded for you)"
+        raise ValueError(f"{name} must be an integer{bounds}, got {_shown(value)}{extra or _hint(value)}{fix}")
+    return int(value)
+
+
+def check_seed(name: str, value: Any) -> int:
+    """A seed: an integer in [0, 2^32 - 1]."""
+    return check_integer(name, value, low=0, high=SEED_MAX)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {_shown(value)}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {_shown(value)}")
+    return value
+
+
+def check_string(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty string, got {_shown(value)}")
+    return value
+
+
+def check_path(name: str, value: Any) -> Path:
+    """A path given as ``str`` or ``os.PathLike`` (not checked for existence)."""
+    if not isinstance(value, (str, os.PathLike)) or (isinstance(value, str) and not value.strip()):
+        raise ValueError(f"{name} must be a path (str or pathlib.Path), got {_shown(value)}")
+    return Path(value).expanduser()
+
+
+def check_existing_dir(name: str, value: Any) -> Path:
+    """A folder that exists."""
+    path = check_path(name, value)
+    if not path.exists():
+        raise FileNotFoundError(f"{name}: the folder {path} does not exist; create it, or give a "
+                                "folder that does (an explicit path is never replaced by another)")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{name}: {path} is a file, not a folder; give the folder that holds it")
+    return path
+
+
+def check_output_file(name: str, value: Any) -> Path:
+    """A file that can be written: not a folder, its folder creatable and writable.
+
+    Creates the missing folders (as a later save would) and writes, then removes, a probe file,
+    so that a bad path fails now rather than after work was done.
+    """
+    path = check_path(name, value)
+    if path.is_dir():
+        raise IsADirectoryError(f"{name}: {path} is a folder; give a file name inside it, e.g. "
+                                f"{path / 'records.parquet'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{name}: {parent} is a file, so {path} cannot be created "
+                                         "under it; choose another folder")
+            break
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"{name}: cannot create the folder {path.parent} ({e.strerror or e}); "
+                              "choose a folder you can write to") from None
+    probe = path.with_name(f".{path.name}.write-test-{os.getpid()}")
+    try:
+        probe.write_bytes(b"")
+    except OSError as e:
+        raise PermissionError(f"{name}: cannot write in {path.parent} ({e.strerror or e}); choose a "
+                              "folder you can write to") from None
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PermissionError(f"{name}: {path} exists and is read-only; choose another file or "
+                              "make it writable")
+    return path
