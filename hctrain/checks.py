@@ -87,7 +87,7 @@ def check_seed(name: str, value: Any) -> int:
 
 def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {_shown(value)}")
+        raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
     return value
 
 
@@ -100,7 +100,7 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
 
 def check_string(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{name} must be a non-empty string, got {_shown(value)}")
+        raise ValueError(f"{name} must be a non-empty string, got {value!r} ({type(value).__name__})")
     return value
 
 
@@ -158,3 +158,59 @@ def check_output_file(name: str, value: Any) -> Path:
         raise PermissionError(f"{name}: {path} exists and is read-only; choose another file or "
                               "make it writable")
     return path
+
+
+# --- chapter parameters (papermill) ------------------------------------------------------------
+
+def _positive(name: str, value: Any) -> Any:
+    return check_number(name, value, low=0.0, low_open=True)
+
+
+def _count(name: str, value: Any) -> Any:
+    return check_integer(name, value, low=1)
+
+
+def _optional_positive(name: str, value: Any) -> Any:
+    return None if value is None else _positive(name, value)
+
+
+def _names(name: str, value: Any) -> Any:
+    if not (isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value)):
+        raise ValueError(f"{name} must be a non-empty list of names, got {_shown(value)}")
+    return list(value)
+
+
+CHAPTER_PARAMETERS = {
+    "state": check_string, "protected": check_string,
+    "year": lambda n, v: check_integer(n, v, low=2014, fix="; e.g. 2018"),
+    "bound": lambda n, v: check_number(n, v, low=0.0),
+    "weight": lambda n, v: check_number(n, v, low=0.0),
+    "seed": check_seed,
+    "batch_per_group": _count, "n_runs": _count, "n_jobs": _count, "n_draws": _count,
+    "trace_steps": _count, "n_show": _count, "n_fairness_runs": _count,
+    "budget_s": _positive, "probe_s": _positive, "trace_s": _positive, "eps_sqrt": _positive,
+    "eval_every_s": _optional_positive,
+    "quick": check_bool,
+    "results_dir": check_path,
+    "algorithms": _names,
+}
+"""How a chapter's protocol parameters are checked, by name (each chapter's algorithm
+hyperparameters are checked by the algorithm itself, before its first run)."""
+
+
+def check_parameters(**values: Any) -> None:
+    """Check a chapter's parameters, as papermill left them, before the chapter does any work.
+
+    Each chapter calls this right after its ``parameters`` cell (and papermill's injected one),
+    so that ``papermill ... -p budget_s -1`` fails at once, naming the parameter, instead of
+    running something else. Quick mode only changes the defaults: a value passed with ``-p``
+    always wins.
+    """
+    for name, value in values.items():
+        rule = CHAPTER_PARAMETERS.get(name)
+        if rule is None:
+            raise TypeError(f"check_parameters knows no parameter {name!r}; known: {sorted(CHAPTER_PARAMETERS)}")
+        try:
+            rule(name, value)
+        except ValueError as e:
+            raise ValueError(f"chapter parameter {e} (set it with papermill: -p {name} VALUE)") from None

@@ -245,7 +245,7 @@ def _read_checked(path: Path, columns: list[str], fix: str) -> pd.DataFrame:
         table = _read_table(path, path.stat().st_mtime_ns)
     except Exception as e:  # pyarrow raises several kinds for a damaged file
         raise DataUnavailableError(f"cannot read {path}: it is damaged or not a parquet file "
-                                   f"({type(e).__name__}: {e}). {fix}") from None
+                                   f"({type(e).__name__}: {' '.join(str(e).split())}). {fix}") from None
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise DataUnavailableError(f"{path} is incomplete: it has no column {', '.join(missing)} "

@@ -133,8 +133,13 @@ STATE_TAG = "hctrain_algorithm"
 """Key of ``state_dict()`` naming the algorithm that saved it (torch ignores extra keys)."""
 
 
+STATE_M = "hctrain_m"
+"""Key of ``state_dict()`` holding the number of constraints m the state was saved for."""
+
+
 def tag_state_dict(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
     state_dict[STATE_TAG] = type(optimizer).__name__
+    state_dict[STATE_M] = getattr(optimizer, "m", None)
     return state_dict
 
 
@@ -158,6 +163,10 @@ def check_state_dict(optimizer: torch.optim.Optimizer, state_dict: Any) -> None:
     if tag is not None and tag != name:
         raise ValueError(f"this state was saved by {tag}, not {name}: resume it with a {tag}, or start "
                          f"the {name} afresh")
+    m, saved_m = getattr(optimizer, "m", None), state_dict.get(STATE_M)
+    if saved_m is not None and m is not None and saved_m != m:
+        raise ValueError(f"the state is for m={saved_m} constraints, this {name} has m={m}: resume it "
+                         "on the problem it was saved for")
     saved_groups, groups = state_dict["param_groups"], optimizer.param_groups
     if len(saved_groups) != len(groups):
         raise ValueError(f"the state has {len(saved_groups)} parameter groups, this {name} has "
@@ -199,7 +208,6 @@ def check_state_dict(optimizer: torch.optim.Optimizer, state_dict: Any) -> None:
     missing = sorted(set(current) - set(saved_state))
     if missing:
         raise ValueError(f"the state lacks {name}'s {missing}: it was saved by another algorithm")
-    m = getattr(optimizer, "m", None)
     for field, value in current.items():
         mine, theirs = _shape(value), _shape(saved_state[field])
         if mine is None or mine == theirs:
