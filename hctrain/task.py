@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from fairret.statistic import LinearFractionalStatistic
 from torch import Tensor, nn
 
-from .checks import check_integer, check_number
+from .checks import check_integer, check_number, check_seed
 from .data import BalancedGroupSampler, FairnessData
 from .fairness import ConstraintKind, GroupFairnessConstraints
 from .models import paper_mlp
@@ -81,6 +81,9 @@ class FairnessTask:
         With ``separate_constraint_sampler`` the constraint batches come from a sampler of their
         own (a second random stream); otherwise one balanced sampler serves both.
         """
+        seed = check_seed("seed", seed)
+        if not isinstance(separate_constraint_sampler, bool):
+            raise ValueError(f"separate_constraint_sampler must be True or False, got {separate_constraint_sampler!r}")
         torch.manual_seed(seed)
         model = self.model_fn(self.data.n_features)
         d = self.data

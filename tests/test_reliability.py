@@ -468,3 +468,27 @@ def test_chapter_parameters_are_checked() -> None:
             check_parameters(**kwargs)
     with pytest.raises(TypeError, match="knows no parameter 'lr'"):
         check_parameters(lr=1e-3)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: GDA([{"params": p, "tau": "0.1"}], m=2), r"parameter group 0: tau must be a finite number >= 0, got '0.1' \(str\)"),
+    (lambda p: SwitchingSubgradient([{"params": p, "eta_f": NAN}], m=2), r"eta_f.*nan"),
+    (lambda p: Adam([{"params": p, "lr": 0}]), r"lr must be a finite number > 0, got 0"),
+    (lambda p: Adam([{"params": p, "betas": 0.9}]), r"parameter group 0: betas must be a tuple of 2 numbers"),
+    (lambda p: SPBM([{"params": p, "eps": 0}], m=2), r"eps must be a finite number > 0, got 0"),
+    (lambda p: SSLALM([{"params": p, "mu": -1.0}], m=2), r"mu must be a finite number >= 0, got -1.0"),
+])
+def test_parameter_group_overrides_are_checked(make, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        make(_params())
+
+
+def test_task_problem_checks_its_seed(task) -> None:
+    for seed in (-1, "a", NAN, 1.5):
+        with pytest.raises(ValueError, match="seed must be an integer"):
+            task.problem(seed)
+
+
+def test_gda_dual_follows_the_parameters() -> None:
+    gda = GDA([torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))], m=2)
+    assert gda.dual.dtype == torch.float64 and gda.dual.device.type == "cpu"

@@ -32,6 +32,11 @@ class ConstrainedOptimizer(torch.optim.Optimizer):
         self.m = m
         self.state[ALGORITHM_STATE] = {"step": 0}
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's ``add_param_group``, with the group's own hyperparameters checked first."""
+        check_group_hyperparameters(self, param_group, len(self.param_groups))
+        super().add_param_group(param_group)
+
     @classmethod
     def from_problem(cls, problem: StochasticProblem, **hyper: Any) -> "ConstrainedOptimizer":
         """The algorithm over ``problem``'s parameters with its m constraints.
@@ -219,3 +224,22 @@ def check_state_dict(optimizer: torch.optim.Optimizer, state_dict: Any) -> None:
         elif isinstance(mine, list):
             which = ": the state was saved for another model"
         raise ValueError(f"the state's {field!r} has shape {theirs}, this {name}'s has {mine}{which}")
+
+
+def check_group_hyperparameters(optimizer: torch.optim.Optimizer, group: Any, index: int) -> None:
+    """A parameter group's own values of numeric hyperparameters are finite numbers >= 0 (pairs
+    such as Adam's betas: pairs of them); each algorithm checks its own ranges on top of this."""
+    if not isinstance(group, dict):
+        return  # torch's own error for a non-dict group follows
+    for key, value in group.items():
+        default = optimizer.defaults.get(key)
+        if key == "params" or default is None or isinstance(default, (bool, str)):
+            continue
+        where = f"parameter group {index}: {key}"
+        if isinstance(default, (int, float)):
+            check_number(where, value, low=0.0)
+        elif isinstance(default, tuple) and all(isinstance(d, (int, float)) for d in default):
+            if not (isinstance(value, (tuple, list)) and len(value) == len(default)):
+                raise ValueError(f"{where} must be a tuple of {len(default)} numbers like {default}, got {value!r}")
+            for i, v in enumerate(value):
+                check_number(f"{where}[{i}]", v, low=0.0)

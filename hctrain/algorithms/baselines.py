@@ -16,8 +16,8 @@ from torch import Tensor
 
 from ..problem import StochasticProblem
 from ..checks import check_integer, check_number
-from .base import (ALGORITHM_STATE, check_adam_hyperparameters, check_nonnegative, check_state_dict,
-                   check_values, tag_state_dict)
+from .base import (ALGORITHM_STATE, check_adam_hyperparameters, check_group_hyperparameters,
+                   check_nonnegative, check_state_dict, check_values, tag_state_dict)
 
 
 class Adam(torch.optim.Adam):
@@ -55,6 +55,13 @@ class Adam(torch.optim.Adam):
         super().step()
         self.state[ALGORITHM_STATE]["step"] += 1
         return {"loss": loss.detach()}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        check_group_hyperparameters(self, param_group, len(self.param_groups))
+        if isinstance(param_group, dict) and "lr" in param_group:
+            check_adam_hyperparameters(param_group["lr"], param_group.get("betas", (0.9, 0.999)),
+                                       param_group.get("eps", 1e-8))
+        super().add_param_group(param_group)
 
     def state_dict(self) -> dict[str, Any]:
         return tag_state_dict(self, super().state_dict())

@@ -255,7 +255,7 @@ class SPBM(ConstrainedOptimizer):
         try:
             check_positive("lr", group["lr"])
             check_nonnegative("mu", group["mu"])
-            check_nonnegative("eps", group["eps"])
+            check_positive("eps", group["eps"])
             check_interval("anchor_beta", group["anchor_beta"], 0.0, 1.0, low_open=True)
             betas = group["betas"]
             if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
