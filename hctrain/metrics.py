@@ -130,7 +130,7 @@ def replay_final_models(
 
     ``algorithms`` maps each recorded algorithm name to ``(algorithm, hyper)`` as given to
     ``run``. Seeds and step counts are read from ``records``; ``n_jobs`` replays run at once in
-    separate processes. Replaying costs as much training time as the runs took.
+    the worker processes of a Dask LocalCluster. Replaying costs as much training time as the runs took.
     """
     last = records.loc[records.groupby(["algorithm", "run"])["step"].idxmax(), ["algorithm", "run", "seed", "step"]]
     jobs = []
@@ -147,9 +147,10 @@ def replay_final_models(
     if n_jobs == 1 or len(jobs) == 1:
         models = [one(*job[1:]) for job in jobs]
     else:
-        from joblib import Parallel, delayed
+        from .sweep import dask_client
 
-        models = Parallel(n_jobs=min(n_jobs, len(jobs)))(delayed(one)(*job[1:]) for job in jobs)
+        with dask_client(n_workers=min(n_jobs, len(jobs))) as client:  # the engine of run(n_jobs=...)
+            models = client.gather([client.submit(one, *job[1:], pure=False) for job in jobs])
     out: dict[str, list[nn.Module]] = {name: [] for name in algorithms}
     for job, model in zip(jobs, models):
         out[job[0]].append(model)

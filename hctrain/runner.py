@@ -16,18 +16,16 @@ What can go wrong, and what then happens:
 * a save that fails all the same raises :class:`RecordsNotSavedError`: the finished runs are
   written to a fallback file whose name the error gives, and carried in ``.records``; no
   temporary file is left behind;
-* with ``n_jobs > 1`` the runs go to worker processes that exit by themselves when the parent
-  process dies (killed, terminated or interrupted), so none is left running.
+* with ``n_jobs > 1`` the runs go to the worker processes of a Dask ``LocalCluster``, which exit
+  by themselves when the parent process dies (killed, terminated or interrupted), so none is
+  left running.
 """
 from __future__ import annotations
 
 import math
 import os
-import signal
 import tempfile
-import threading
 import time
-from concurrent.futures import as_completed
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -89,6 +87,7 @@ def run(
     threads: int | None = 1,
     separate_constraint_sampler: bool = False,
     progress: bool = True,
+    scheduler: str | None = None,
 ) -> pd.DataFrame:
     """Run ``algorithm`` ``n_runs`` times on ``task``; return the tidy records.
 
@@ -104,8 +103,10 @@ def run(
     ``eval_every_steps`` steps if only that is given.
 
     ``path``: a parquet file to which the records are written after each finished run (checked
-    for writing before the first run). ``n_jobs`` > 1 runs that many runs at once in separate
-    processes, each limited to ``threads`` threads. Errors: see the module docstring.
+    for writing before the first run). ``n_jobs`` > 1 runs that many runs at once on Dask (the
+    engine of :mod:`hctrain.sweep`): in worker processes of a ``LocalCluster`` started for the
+    call, each limited to ``threads`` threads, or on the existing cluster at ``scheduler`` (or
+    ``$HCTRAIN_DASK_SCHEDULER``). Errors: see the module docstring.
     """
     if not (callable(getattr(task, "problem", None)) and callable(getattr(task, "evaluate", None))):
         raise TypeError(
@@ -114,12 +115,6 @@ def run(
             "has no evaluation: wrap your data in a task, or call algorithm.step(problem) in your own loop")
     if hyper is not None and not (isinstance(hyper, dict) and all(isinstance(k, str) for k in hyper)):
         raise TypeError(f"hyper must be a dict of hyperparameter names to values, got {hyper!r}")
-    if budget_s is None and max_steps is None:
-        budget_s = DEFAULT_BUDGET_S
-    if budget_s is not None:
-        budget_s = check_number("budget_s (seconds of training per run)", budget_s, low=0.0, low_open=True)
-    if max_steps is not None:
-        max_steps = check_integer("max_steps", max_steps, low=1)
     n_runs = check_integer("n_runs", n_runs, low=1)
     seed = check_seed("seed", seed)
     if seed + n_runs - 1 > SEED_MAX:
@@ -132,28 +127,21 @@ def run(
     progress = check_bool("progress", progress)
     if name is not None and not isinstance(name, str):
         raise ValueError(f"name must be a string, got {name!r}")
-    if eval_every_s is not None:
-        eval_every_s = check_number("eval_every_s", eval_every_s, low=0.0, low_open=True)
-    if eval_every_steps is not None:
-        eval_every_steps = check_integer("eval_every_steps", eval_every_steps, low=1)
-    if eval_every_s is None and eval_every_steps is None:
-        if budget_s is not None:
-            eval_every_s = budget_s / 120
-        else:
-            eval_every_steps = max(1, max_steps // 100)
+    if scheduler is not None and not (isinstance(scheduler, str) and scheduler.strip()):
+        raise ValueError(f"scheduler must be the address of a Dask scheduler (e.g. 'tcp://10.0.0.5:8786'), "
+                         f"got {scheduler!r}")
+    budgets = _budgets(budget_s, max_steps, eval_every_s, eval_every_steps)
     if path is not None:
         path = check_output_file("path", path)
 
     factory = _factory(algorithm, hyper or {})
     factory(task.problem(seed, separate_constraint_sampler=separate_constraint_sampler))  # bad hyperparameters fail here, before any run
     label = name or getattr(algorithm, "__name__", type(algorithm).__name__)
-    settings = dict(budget_s=budget_s, max_steps=max_steps, eval_every_s=eval_every_s,
-                    eval_every_steps=eval_every_steps, threads=threads,
-                    separate_constraint_sampler=separate_constraint_sampler)
+    settings = dict(**budgets, threads=threads, separate_constraint_sampler=separate_constraint_sampler)
     jobs = [(r, seed + r) for r in range(n_runs)]
     finished: list[pd.DataFrame] = []
     bar = tqdm(total=n_runs, desc=label, unit="run", disable=not progress)
-    frames = _execute(task, factory, label, jobs, settings, n_jobs)
+    frames = _execute(task, factory, label, jobs, settings, n_jobs, scheduler)
     try:
         for frame in frames:
             finished.append(frame)
@@ -186,6 +174,28 @@ def run(
     return _combine(finished)
 
 
+def _budgets(budget_s: float | None, max_steps: int | None, eval_every_s: float | None,
+             eval_every_steps: int | None) -> dict[str, Any]:
+    """The checked budgets and evaluation times of a run, defaults filled in as :func:`run` says."""
+    if budget_s is None and max_steps is None:
+        budget_s = DEFAULT_BUDGET_S
+    if budget_s is not None:
+        budget_s = check_number("budget_s (seconds of training per run)", budget_s, low=0.0, low_open=True)
+    if max_steps is not None:
+        max_steps = check_integer("max_steps", max_steps, low=1)
+    if eval_every_s is not None:
+        eval_every_s = check_number("eval_every_s", eval_every_s, low=0.0, low_open=True)
+    if eval_every_steps is not None:
+        eval_every_steps = check_integer("eval_every_steps", eval_every_steps, low=1)
+    if eval_every_s is None and eval_every_steps is None:
+        if budget_s is not None:
+            eval_every_s = budget_s / 120
+        else:
+            eval_every_steps = max(1, max_steps // 100)
+    return dict(budget_s=budget_s, max_steps=max_steps, eval_every_s=eval_every_s,
+                eval_every_steps=eval_every_steps)
+
+
 def _factory(algorithm: type | AlgorithmFactory, hyper: dict[str, Any]) -> AlgorithmFactory:
     if isinstance(algorithm, type):
         if not hasattr(algorithm, "from_problem"):
@@ -199,53 +209,24 @@ def _factory(algorithm: type | AlgorithmFactory, hyper: dict[str, Any]) -> Algor
     return algorithm
 
 
-def _execute(task, factory, label, jobs, settings, n_jobs) -> Iterator[pd.DataFrame]:
+def _execute(task, factory, label, jobs, settings, n_jobs, scheduler=None) -> Iterator[pd.DataFrame]:
     if n_jobs == 1 or len(jobs) == 1:
         for r, s in jobs:
             yield single_run(task, factory, label, r, s, **settings)
         return
-    with worker_pool(min(n_jobs, len(jobs))) as pool:
-        futures = [pool.submit(single_run, task, factory, label, r, s, **settings) for r, s in jobs]
-        for future in as_completed(futures):
-            yield future.result()
+    from distributed import as_completed
 
+    from .sweep import dask_client
 
-PARENT_POLL_S = 0.25
-"""How often a worker process checks that the process that started it is still alive."""
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """Worker initializer: leave Ctrl-C to the parent, and exit as soon as the parent is gone.
-
-    A worker whose parent was killed (SIGKILL, SIGTERM) is re-parented; it notices within
-    ``PARENT_POLL_S`` and exits, so no orphan keeps computing or holds the parent's stdout.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def watch() -> None:
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(1)
-            time.sleep(PARENT_POLL_S)
-
-    threading.Thread(target=watch, name="hctrain-parent-watch", daemon=True).start()
-
-
-@contextmanager
-def worker_pool(n_workers: int) -> Iterator[Any]:
-    """A pool of ``n_workers`` processes (loky, so callables defined in a notebook travel) whose
-    workers exit when this process dies; on any error or interruption they are killed."""
-    from joblib.externals.loky import ProcessPoolExecutor
-
-    pool = ProcessPoolExecutor(max_workers=n_workers, initializer=_exit_with_parent,
-                               initargs=(os.getpid(),))
-    try:
-        yield pool
-    except BaseException:
-        pool.shutdown(wait=False, kill_workers=True)
-        raise
-    else:
-        pool.shutdown(wait=True)
+    with dask_client(scheduler, n_workers=min(n_jobs, len(jobs))) as client:
+        shared = client.scatter(task, broadcast=True)  # the data travel once per worker
+        futures = [client.submit(single_run, shared, factory, label, r, s, pure=False, **settings)
+                   for r, s in jobs]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            client.cancel(futures)
 
 
 def single_run(

@@ -139,7 +139,7 @@ def test_replay_with_a_callable(task: FairnessTask) -> None:
         return Adam.from_problem(problem, lr=0.01)
 
     records = run(task, factory, name="Adam 0.01", max_steps=5, budget_s=None, n_runs=2, seed=0, progress=False)
-    # (n_jobs > 1 replays in joblib worker processes; left out here: starting them takes seconds)
+    # (n_jobs > 1 replays in the worker processes of a Dask LocalCluster; left out here: starting them takes seconds)
     models = replay_final_models(task, {"Adam 0.01": (factory, None)}, records, runs=2)
     assert [replay_error(task, m, records, "Adam 0.01", run=r) for r, m in enumerate(models["Adam 0.01"])] == [0.0, 0.0]
 

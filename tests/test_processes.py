@@ -1,5 +1,6 @@
 """No process is left behind: killing, terminating or interrupting the parent of a parallel run
-(``run(..., n_jobs=2)``) ends every worker process it started, and its stdout closes."""
+(``run(..., n_jobs=2)``, on a Dask LocalCluster) ends every worker process it started, and its
+stdout closes."""
 from __future__ import annotations
 
 import os
@@ -22,12 +23,13 @@ from hctrain.data import load_acsincome
 from hctrain.runner import RunInterrupted, run
 from hctrain.task import FairnessTask
 
-task = FairnessTask(load_acsincome("VA", download=False, verbose=False))
-try:
-    run(task, Adam, budget_s=300.0, n_runs=2, n_jobs=2, progress=False, path=sys.argv[1])
-except RunInterrupted as error:
-    print("INTERRUPTED:", error, flush=True)
-    sys.exit(3)
+if __name__ == "__main__":  # the workers are spawned processes: the script must be importable
+    task = FairnessTask(load_acsincome("VA", download=False, verbose=False))
+    try:
+        run(task, Adam, budget_s=300.0, n_runs=2, n_jobs=2, progress=False, path=sys.argv[1])
+    except RunInterrupted as error:
+        print("INTERRUPTED:", error, flush=True)
+        sys.exit(3)
 """
 
 
