@@ -192,7 +192,8 @@ CHAPTER_PARAMETERS = {
     "eval_every_s": _optional_positive,
     "quick": check_bool,
     "results_dir": check_path,
-    "algorithms": _names,
+    "algorithms": _names, "methods": _names, "states": _names,
+    "n_workers": _count,
 }
 """How a chapter's protocol parameters are checked, by name (each chapter's algorithm
 hyperparameters are checked by the algorithm itself, before its first run)."""

@@ -93,3 +93,32 @@ def figure1(
     handles, labels = axes[0, -1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False)
     return fig
+
+
+def state_heatmaps(table: pd.DataFrame, methods: list[str], bound: float,
+                   states: list[str] | None = None, limit: float | None = None,
+                   state_labels: dict[str, str] | None = None) -> Figure:
+    """Two heat maps, states (rows, in the order of ``states``) by methods (columns): the final
+    test value of the largest constraint c_i (diverging at 0: red is a violation, blue slack;
+    the colour scale ends at +-``limit``, default 2 x bound) and the final test accuracy (colour
+    scale from the 2nd to the 98th percentile). ``table`` is
+    :func:`hctrain.summary.final_per_cell` of a sweep."""
+    states = states or sorted(pd.unique(table["state"]))
+    gap = table.pivot_table(index="state", columns="method", values="max_c").reindex(index=states, columns=methods)
+    accuracy = table.pivot_table(index="state", columns="method", values="accuracy").reindex(index=states, columns=methods)
+    height = max(3.0, 0.19 * len(states) + 1.6)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, height), layout="constrained", sharey=True)
+    limit = 2 * bound if limit is None else limit
+    sns.heatmap(gap, ax=left, cmap="RdBu_r", center=0.0, vmin=-limit, vmax=limit,
+                cbar_kws={"label": "largest final test $c_g$ (> 0: violated)", "shrink": 0.6, "extend": "both"})
+    sns.heatmap(accuracy, ax=right, cmap="viridis", robust=True,
+                cbar_kws={"label": "final test accuracy", "shrink": 0.6, "extend": "both"})
+    if state_labels:
+        left.set_yticks(np.arange(len(states)) + 0.5, [state_labels.get(s, s) for s in states])
+    for ax, title in ((left, f"Largest constraint on test (bound {bound})"), (right, "Accuracy on test")):
+        ax.set(title=title, xlabel="", ylabel="")
+        ax.tick_params(axis="x", labelrotation=45, labelsize=9)
+        ax.tick_params(axis="y", labelsize=8)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+    return fig

@@ -32,3 +32,22 @@ def steps_per_second(records: pd.DataFrame) -> pd.Series:
     last = records.loc[records.groupby(["algorithm", "run"])["step"].idxmax()]
     rate = last["step"] / last["time_s"]
     return rate.groupby(last["algorithm"]).mean().rename("steps per second")
+
+
+def final_per_cell(records: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """One row per sweep cell (records of :func:`hctrain.sweep.run_sweep`): its parameters
+    (state, method, seed), the final loss and accuracy on ``split``, ``max_c`` -- the largest
+    final constraint value c_i, so that ``max_c <= 0`` means every constraint holds -- and
+    ``feasible``."""
+    if "cell" not in records.columns:
+        raise ValueError("final_per_cell needs sweep records (a 'cell' column); for runner.run records "
+                         "use final_table")
+    last = records.groupby("cell")["step"].transform("max")
+    final = records[(records["step"] == last) & (records["split"] == split)]
+    keys = final.groupby("cell")[["state", "method", "seed", "algorithm", "step"]].first()
+    values = final.pivot_table(index="cell", columns="metric", values="value", aggfunc="first")
+    constraints = [c for c in values.columns if c.startswith("c[")]
+    table = keys.join(values[["loss", "accuracy"]])
+    table["max_c"] = values[constraints].max(axis=1)
+    table["feasible"] = table["max_c"] <= 0
+    return table.reset_index()

@@ -143,6 +143,9 @@ def run_cell(cell: Mapping[str, Any]) -> pd.DataFrame:
     for name in CELL_DEFAULTS:
         if name not in ("seed", "hyper"):
             records[name] = full[name]
+    # typed even when None, so that the files of one sweep share a schema (one parquet dataset)
+    records = records.astype({"budget_s": "Float64", "eval_every_s": "Float64", "bound": "float64",
+                              "max_steps": "Int64", "eval_every_steps": "Int64"})
     records["method"] = full["method"]
     records["hyper"] = json.dumps(full["hyper"], sort_keys=True)
     records["cell"] = cell_key(full)

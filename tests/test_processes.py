@@ -1,6 +1,6 @@
 """No process is left behind: killing, terminating or interrupting the parent of a parallel run
-(``run(..., n_jobs=2)``, on a Dask LocalCluster) ends every worker process it started, and its
-stdout closes."""
+(``run(..., n_jobs=2)`` or ``run_sweep``, on a Dask LocalCluster) ends every worker process it
+started, and its stdout closes."""
 from __future__ import annotations
 
 import os
@@ -33,6 +33,15 @@ if __name__ == "__main__":  # the workers are spawned processes: the script must
 """
 
 
+SWEEP_SCRIPT = """
+import sys
+from hctrain.sweep import grid, run_sweep
+
+if __name__ == "__main__":
+    run_sweep(grid(method="Adam", seed=range(4), budget_s=300.0), sys.argv[1], n_workers=2, progress=False)
+"""
+
+
 def _alive(process) -> bool:
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
@@ -58,10 +67,12 @@ def _training_workers(parent, timeout: float = 120.0) -> list:
     raise AssertionError(f"the workers did not start training within {timeout} s")
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
-def test_no_worker_outlives_its_parent(how, tmp_path: Path) -> None:
+@pytest.mark.parametrize("how, code", [(signal.SIGKILL, SCRIPT), (signal.SIGTERM, SCRIPT), (signal.SIGINT, SCRIPT),
+                                       (signal.SIGKILL, SWEEP_SCRIPT)],
+                         ids=["run-SIGKILL", "run-SIGTERM", "run-SIGINT", "sweep-SIGKILL"])
+def test_no_worker_outlives_its_parent(how, code, tmp_path: Path) -> None:
     script = tmp_path / "parallel_run.py"
-    script.write_text(SCRIPT)
+    script.write_text(code)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "records.parquet")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
@@ -77,7 +88,7 @@ def test_no_worker_outlives_its_parent(how, tmp_path: Path) -> None:
             time.sleep(0.2)
         left = [(p.pid, p.cmdline()) for p in descendants if _alive(p)]
         assert not left, f"left running after {how.name} of the parent: {left}"
-        if how == signal.SIGINT:
+        if how == signal.SIGINT and code == SCRIPT:
             assert proc.returncode == 3, out
             assert ("INTERRUPTED: interrupted: Adam: runs [] of 2 finished (nothing to save); "
                     "runs [0, 1] did not finish") in out

@@ -132,3 +132,42 @@ def test_notebook_sweep(client, tmp_path: Path) -> None:
     assert (tmp_path / "out" / "chapter__a=-1__b=y.failed.ipynb").is_file()  # where it failed
     again = run_notebook_sweep(notebook, cells, tmp_path / "out", client=client, progress=False)
     assert again["status"].tolist() == ["done before", "done before", "failed"]
+
+
+def test_a_chapter_over_a_parameter_grid(client, tmp_path: Path) -> None:
+    # chapter 1 in quick mode (the workers inherit HCTRAIN_QUICK=1 from conftest.py), two states
+    chapter = Path(__file__).resolve().parents[1] / "notebooks" / "01_problem_and_data.ipynb"
+    table = run_notebook_sweep(chapter, [{"state": "VA"}, {"state": "CA"}], tmp_path, client=client,
+                               progress=False)
+    assert table["status"].tolist() == ["ran", "ran"], table["error"].tolist()
+    for state in ("VA", "CA"):
+        nb = nbformat.read(tmp_path / f"01_problem_and_data__state={state}.ipynb", as_version=4)
+        assert nb.metadata["papermill"]["parameters"] == {"state": state}
+        printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+        assert f"ACSIncome {state} 2018" in printed
+
+
+def test_an_existing_cluster_by_address(client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    address = client.scheduler.address
+    assert address.startswith("tcp://127.0.0.1:")
+    cell = {"method": "Adam", "max_steps": 5}
+    by_argument = run_sweep([cell], tmp_path / "a", scheduler=address, progress=False)
+    monkeypatch.setenv("HCTRAIN_DASK_SCHEDULER", address)
+    by_environment = run_sweep([cell], tmp_path / "b", progress=False)
+    assert by_argument.cells["status"].tolist() == by_environment.cells["status"].tolist() == ["ran"]
+    pd.testing.assert_frame_equal(by_argument.records.drop(columns="time_s"),
+                                  by_environment.records.drop(columns="time_s"))
+    # runner.run(n_jobs=2) goes to the same cluster, and gives the sequential records
+    task = FairnessTask(load_acsincome("VA", download=False, verbose=False))
+    two = run(task, Adam, max_steps=6, eval_every_steps=3, n_runs=2, n_jobs=2, progress=False)
+    one = run(task, Adam, max_steps=6, eval_every_steps=3, n_runs=2, progress=False)
+    pd.testing.assert_frame_equal(two.drop(columns="time_s"), one.drop(columns="time_s"))
+
+
+def test_cells_with_different_budgets_form_one_dataset(client, tmp_path: Path) -> None:
+    cells = [{"method": "Adam", "max_steps": 4}, {"method": "Adam", "budget_s": 0.2, "seed": 1}]
+    result = run_sweep(cells, tmp_path, client=client, progress=False)
+    assert result.cells["status"].tolist() == ["ran", "ran"]
+    dataset = pd.read_parquet(tmp_path)  # one schema across the files
+    assert sorted(dataset["run"].unique()) == [0, 1]
+    assert dataset["budget_s"].isna().any() and dataset["max_steps"].isna().any()
