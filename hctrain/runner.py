@@ -142,10 +142,12 @@ def run(
     finished: list[pd.DataFrame] = []
     bar = tqdm(total=n_runs, desc=label, unit="run", disable=not progress)
     frames = _execute(task, factory, label, jobs, settings, n_jobs, scheduler)
+    saved = 0
     try:
         for frame in frames:
             finished.append(frame)
             _save(finished, path, label)
+            saved = len(finished)
             bar.update(1)
     except RecordsNotSavedError:
         raise
@@ -154,7 +156,8 @@ def run(
         done = sorted(int(f["run"].iloc[0]) for f in finished)
         pending = [r for r, _ in jobs if r not in done]
         try:
-            _save(finished, path, label)
+            if saved < len(finished):  # interrupted between a run's end and its save
+                _save(finished, path, label)
             where = (f"saved in {path}" if path and finished else
                      "not saved to a file (no path given); they are in the exception's .records" if finished
                      else "nothing to save")

@@ -212,9 +212,7 @@ def run_sweep(cells: Iterable[Mapping[str, Any]], results_dir: str | os.PathLike
     results.mkdir(parents=True, exist_ok=True)
     status = {k: {"status": "done before", "error": None, "seconds": None} for k in keys}
     todo = [(k, c) for k, c in zip(keys, cells) if not (results / f"{k}.parquet").is_file()]
-    if todo:
-        with nullcontext(client) if client is not None else dask_client(scheduler, n_workers) as dask:
-            _run_cells(dask, run_cell, todo, results, status, progress, _record_cell)
+    _run_pending(client, scheduler, n_workers, run_cell, todo, results, status, progress, _record_cell)
     table = pd.DataFrame([{"cell": k, **status[k], "file": str(results / f"{k}.parquet"), **c}
                           for k, c in zip(keys, cells)])
     table["hyper"] = [json.dumps(h, sort_keys=True) for h in table["hyper"]]
@@ -234,6 +232,13 @@ def _timed(function, *args) -> dict[str, Any]:
         return {"error": f"{type(error).__name__}: {error}",
                 "traceback": "".join(traceback.format_exception(error))}
     return {"out": out, "seconds": time.perf_counter() - start}
+
+
+def _run_pending(client, scheduler, n_workers, function, todo, results, status, progress, record) -> None:
+    """:func:`_run_cells` on ``client``, or on a cluster made for it, if anything is to do."""
+    if todo:
+        with nullcontext(client) if client is not None else dask_client(scheduler, n_workers) as dask:
+            _run_cells(dask, function, todo, results, status, progress, record)
 
 
 def _run_cells(client, function, todo, results: Path, status: dict, progress: bool, record) -> None:
@@ -334,7 +339,5 @@ def run_notebook_sweep(notebook: str | os.PathLike, parameter_grid: Iterable[Map
         raise ValueError("the notebook sweep lists the same parameters twice")
     status = {n: {"status": "done before", "error": None, "seconds": None} for n in names}
     todo = [(n, j) for n, j in zip(names, jobs) if not Path(j["output"]).is_file()]
-    if todo:
-        with nullcontext(client) if client is not None else dask_client(scheduler, n_workers) as dask:
-            _run_cells(dask, _execute_notebook, todo, results, status, progress, None)
+    _run_pending(client, scheduler, n_workers, _execute_notebook, todo, results, status, progress, None)
     return pd.DataFrame([{**j["parameters"], **status[n], "output": j["output"]} for n, j in zip(names, jobs)])

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from fairret.statistic import LinearFractionalStatistic
 from torch import Tensor, nn
 
-from .checks import check_integer, check_number, check_seed
+from .checks import check_integer, check_seed
 from .data import BalancedGroupSampler, FairnessData
 from .fairness import ConstraintKind, GroupFairnessConstraints
 from .models import paper_mlp
@@ -37,7 +37,6 @@ class FairnessTask:
         if not isinstance(data, FairnessData):
             raise TypeError(f"data must be a FairnessData (from hctrain.data.load_acsincome or "
                             f"load_dutch_census), got {type(data).__name__}")
-        bound = check_number("bound", bound, low=0.0, fix="; e.g. bound=0.05")
         batch_per_group = check_integer("batch_per_group", batch_per_group, low=1, fix="; e.g. 32")
         if not callable(model_fn):
             raise TypeError(f"model_fn must be a callable n_features -> torch.nn.Module, got {model_fn!r}")

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
-from ..checks import check_number, is_number
+from ..checks import check_number
 from ..problem import StochasticProblem
 
 ALGORITHM_STATE = "algorithm"
@@ -117,7 +117,6 @@ def check_values(m: int | None, loss: Tensor | None = None, constraints: Tensor 
         raise ValueError(f"the objective is not finite ({loss.item()}); check the data and the step sizes")
 
 
-_is_number = is_number
 
 
 def check_adam_hyperparameters(lr: Any, betas: Any, eps: Any) -> tuple[float, tuple[float, float], float]:
