@@ -60,7 +60,7 @@ notebooks: $(STAMP)
 	@test -n "$(NOTEBOOKS)" || { echo "no notebooks in notebooks/" >&2; exit 1; }
 	@set -e; for nb in $(NOTEBOOKS); do \
 	  echo "== $$nb"; \
-	  env -u HCTRAIN_QUICK MPLBACKEND=module://matplotlib_inline.backend_inline \
+	  env -u HCTRAIN_QUICK HCTRAIN_PROGRESS=0 MPLBACKEND=module://matplotlib_inline.backend_inline \
 	    $(BIN)/papermill "$$nb" "$$nb" --cwd notebooks -k python3; \
 	done
 	$(MAKE) status

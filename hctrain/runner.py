@@ -86,7 +86,7 @@ def run(
     n_jobs: int = 1,
     threads: int | None = 1,
     separate_constraint_sampler: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     scheduler: str | None = None,
 ) -> pd.DataFrame:
     """Run ``algorithm`` ``n_runs`` times on ``task``; return the tidy records.
@@ -106,7 +106,8 @@ def run(
     for writing before the first run). ``n_jobs`` > 1 runs that many runs at once on Dask (the
     engine of :mod:`hctrain.sweep`): in worker processes of a ``LocalCluster`` started for the
     call, each limited to ``threads`` threads, or on the existing cluster at ``scheduler`` (or
-    ``$HCTRAIN_DASK_SCHEDULER``). Errors: see the module docstring.
+    ``$HCTRAIN_DASK_SCHEDULER``). ``progress``: a bar over runs; by default shown unless
+    ``$HCTRAIN_PROGRESS`` is ``0``. Errors: see the module docstring.
     """
     if not (callable(getattr(task, "problem", None)) and callable(getattr(task, "evaluate", None))):
         raise TypeError(
@@ -124,6 +125,8 @@ def run(
     if threads is not None:
         threads = check_integer("threads (per run)", threads, low=1, fix="; or None to leave torch's setting")
     separate_constraint_sampler = check_bool("separate_constraint_sampler", separate_constraint_sampler)
+    if progress is None:  # `make notebooks` sets HCTRAIN_PROGRESS=0: no bars in stored chapters
+        progress = os.environ.get("HCTRAIN_PROGRESS", "1") != "0"
     progress = check_bool("progress", progress)
     if name is not None and not isinstance(name, str):
         raise ValueError(f"name must be a string, got {name!r}")

@@ -86,3 +86,20 @@ def test_book_builds(entries, request):
 
     wrote = build.wrote_into_repo
     assert not wrote, f"the build wrote into the repository: {wrote}"
+
+
+def test_chapters_store_no_progress_bars() -> None:
+    # a tqdm bar is noise to a reader; `make notebooks` runs with HCTRAIN_PROGRESS=0
+    import json
+    import re
+
+    bar = re.compile(r"\d+%\|.*\|")
+    found = []
+    for path in sorted(Path(__file__).resolve().parents[1].glob("notebooks/*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            for output in cell.get("outputs", []):
+                text = "".join(output.get("text", ""))
+                widget = "application/vnd.jupyter.widget-view+json" in output.get("data", {})
+                if widget or (output.get("name") == "stderr" and bar.search(text)):
+                    found.append(path.name)
+    assert not found, f"progress bars stored in {sorted(set(found))}"
