@@ -69,7 +69,6 @@ class GroupFairnessConstraints:
         self.m = len(self.names)
         # Per-call constants as tensors: an op with a Python scalar operand pays for wrapping it.
         self._bounds: dict[tuple[torch.dtype, float], Tensor] = {}
-        self._pair_index: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self._row_counts: dict[int, Tensor] = {}
 
     @property
@@ -142,15 +141,19 @@ class GroupFairnessConstraints:
         stats, overall = self.group_statistics(probs, sens, *stat_args)
         if self.kind == "one_vs_overall":
             return (stats - overall).abs()
-        if stats.is_cpu:
-            first, second = self._first, self._second
-        else:
-            pair = self._pair_index.get(stats.device)
-            if pair is None:
-                pair = self._pair_index[stats.device] = (self._first.to(stats.device),
-                                                        self._second.to(stats.device))
-            first, second = pair
-        return torch.index_select(stats, 0, first) - torch.index_select(stats, 0, second)
+        return self.gaps_from_statistics(stats)
+
+    def gaps_from_statistics(self, stats: Tensor) -> Tensor:
+        """S_g - S_h for every pair (g, h), g != h, in row-major order (pairwise constraints).
+
+        Computed as the G x G matrix of differences without its diagonal (the off-diagonal
+        entries, row by row, are the flattened matrix from its second entry on, seen as a
+        (G-1) x (G+1) matrix without its last column): no index arrays of m entries to read,
+        which on the CPU costs more than the subtractions once the network has pushed them out
+        of the cache. Each entry is the same subtraction as ``stats[g] - stats[h]``."""
+        G = stats.shape[0]
+        square = stats.unsqueeze(1) - stats.unsqueeze(0)
+        return square.reshape(-1)[1:].view(G - 1, G + 1)[:, :G].reshape(-1)
 
     def _bound_like(self, x: Tensor) -> Tensor:
         """The bound as a 0-dim tensor of x's dtype (the same value x - self.bound would use)."""
@@ -160,8 +163,82 @@ class GroupFairnessConstraints:
             b = self._bounds[key] = torch.tensor(self.bound, dtype=x.dtype)
         return b
 
+    def _fused(self, sens: Tensor, stat_args: tuple, x: Tensor) -> bool:
+        """Whether :class:`_PositiveRateConstraints` computes these constraints: positive rates
+        of probabilities (N,) over integer group codes (N,)."""
+        return (type(self.statistic) is PositiveRate and not stat_args and x.dim() == 1
+                and sens.dim() == 1 and not sens.is_floating_point() and not sens.is_complex())
+
     def __call__(self, probs: Tensor, sens: Tensor, *stat_args: Tensor) -> Tensor:
         """c(x, zeta): m values, feasible when <= 0. ``sens``: integer group codes (N,) or a
         membership matrix (N, G); ``stat_args`` go to the statistic (e.g. labels)."""
+        if self._fused(sens, stat_args, probs):
+            return _PositiveRateConstraints.apply(probs, sens, self, False)
         gaps = self.gaps(probs, sens, *stat_args)
         return gaps - self._bound_like(gaps)
+
+    def from_logits(self, logits: Tensor, sens: Tensor, *stat_args: Tensor) -> Tensor:
+        """The constraints of the probabilities ``sigmoid(logits)`` (the same values as
+        ``self(torch.sigmoid(logits), sens)``, with the sigmoid inside the fused path)."""
+        if self._fused(sens, stat_args, logits):
+            return _PositiveRateConstraints.apply(logits, sens, self, True)
+        return self(torch.sigmoid(logits), sens, *stat_args)
+
+
+class _PositiveRateConstraints(torch.autograd.Function):
+    r"""Positive-rate constraints of integer group codes as one autograd node.
+
+    Autograd would record about ten small operations for c (group sums, sizes, rates, the
+    overall rate or the pairs, the bound) and as many in the backward pass; on the CPU each
+    costs several microseconds whatever its size, which is most of the constraints' cost. Here
+    the forward pass runs the same operations as :meth:`GroupFairnessConstraints.gaps` (the
+    values are identical bit for bit) without recording them, and the backward pass is written
+    out. With p the probabilities (``sigmoid(x)`` when ``from_logits``), n_g the group sizes,
+    S_g = sum_{n in g} p_n / n_g and g the incoming gradient dL/dc:
+
+    * one-vs-overall, c_g = |S_g - S| - b with S = sum_n p_n / N: with d_g = g_g sgn(S_g - S),
+      dL/dS_g = d_g and dL/dS = -sum_g d_g, so dL/dp_n = d_{g(n)} / n_{g(n)} + (-sum_g d_g) / N.
+      These are autograd's own backward formulas in its order (abs, sub, div, index_add, sum),
+      so the gradient is identical bit for bit too (``tests/test_fairness.py``).
+    * pairwise, c_(g,h) = S_g - S_h - b: dL/dS_g = sum_h g_(g,h) - sum_h g_(h,g), the row sums
+      minus the column sums of the G x G matrix of g (the pairs are its off-diagonal entries in
+      row-major order), instead of autograd's two scatters of m values into G slots; equal to
+      autograd's gradient up to float rounding (the sums run in another order).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, sens: Tensor, owner: GroupFairnessConstraints, from_logits: bool) -> Tensor:
+        probs = torch.sigmoid(x) if from_logits else x
+        sums = owner._group_sums(probs, sens)  # first: it names bad group codes
+        sizes = owner._group_sizes(sens)
+        stats = sums / sizes
+        if owner.kind == "one_vs_overall":
+            count = owner._row_count(probs)
+            diff = stats - probs.sum() / count
+            gaps = diff.abs()
+            ctx.save_for_backward(sens, sizes, diff, count, probs if from_logits else None)
+        else:
+            gaps = owner.gaps_from_statistics(stats)
+            ctx.save_for_backward(sens, sizes, None, None, probs if from_logits else None)
+        ctx.kind, ctx.n_groups, ctx.from_logits = owner.kind, owner.n_groups, from_logits
+        return gaps.sub_(owner._bound_like(gaps))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        sens, sizes, diff, count, probs = ctx.saved_tensors
+        if ctx.kind == "one_vs_overall":
+            grad_stats = grad * diff.sgn()
+            grad_overall = grad_stats.neg().sum(0, keepdim=True).view(())
+            grad_probs = (grad_stats / sizes).index_select(0, sens) + (grad_overall / count).expand(sens.shape[0])
+        else:
+            G = ctx.n_groups
+            full = grad.new_zeros(G * G)
+            # the off-diagonal entries of a G x G matrix, row by row, are full[1:] seen as a
+            # (G-1) x (G+1) matrix without its last column
+            full[1:].view(G - 1, G + 1)[:, :G].copy_(grad.reshape(G - 1, G))
+            square = full.view(G, G)
+            grad_probs = (square.sum(1).sub_(square.sum(0)) / sizes).index_select(0, sens)
+        if ctx.from_logits:
+            grad_probs = torch.ops.aten.sigmoid_backward(grad_probs, probs)
+        return grad_probs, None, None, None

@@ -126,6 +126,14 @@ class StochasticProblem:
         logits = self.forward(batch)
         return self.loss_fn(logits, batch), self.constraint_fn(logits, batch)
 
+    def sample_objective_and_constraints(self) -> tuple[Tensor, Tensor]:
+        """f(x, xi) and c(x, zeta), both with their graphs, for a one-sample method: with
+        ``shares_samples`` one draw serves as xi and zeta (one forward pass); otherwise xi and
+        zeta are drawn from their own samplers (two forward passes)."""
+        if self.shares_samples:
+            return self.objective_and_constraints(self.sample_objective())
+        return self.objective(self.sample_objective()), self.constraints(self.sample_constraints())
+
     def state_dict(self) -> dict[str, Any]:
         """The samplers' random states (the model's weights are the algorithm's business)."""
         state = {"objective_sampler": self.objective_sampler.state_dict()}

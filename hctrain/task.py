@@ -72,7 +72,7 @@ class FairnessTask:
 
     def constraint_values(self, logits: Tensor, batch: Batch) -> Tensor:
         # integer codes, not self.sens(...): the group sums are then an index_add_, no one-hot
-        return self.constraints(torch.sigmoid(logits), batch.group)
+        return self.constraints.from_logits(logits, batch.group)
 
     def problem(self, seed: int = 0, separate_constraint_sampler: bool = False) -> StochasticProblem:
         """A fresh problem: the model initialised with ``seed``, batches drawn from ``seed``.

@@ -3,7 +3,9 @@ Lagrangian formulation with plain gradient steps).
 
     L(x, y) = F(x) + y^T C(x),   y >= 0
 
-One draw serves as xi and zeta (f and c from one forward pass, J_c^T y in the same backward):
+One draw serves as xi and zeta (f and c from one forward pass, J_c^T y in the same backward)
+when the problem's objective and constraints share a sampler; a problem with a constraint
+sampler of its own gives zeta its own draw (``problem.sample_objective_and_constraints``):
 
     x_{k+1} = x_k - tau * ( grad f(x_k, xi) + J_c(x_k, xi)^T y_k )
     y_{k+1} = clip( y_k + eta * c(x_k, xi), 0, M_y )
@@ -18,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..problem import StochasticProblem
-from .base import ConstrainedOptimizer, check_positive, check_values
+from .base import ConstrainedOptimizer, check_finite, check_positive
 
 
 class GDA(ConstrainedOptimizer):
@@ -41,12 +43,13 @@ class GDA(ConstrainedOptimizer):
     def step(self, problem: StochasticProblem) -> dict[str, Tensor]:  # type: ignore[override]
         self.check_problem(problem)
         group = self.param_groups[0]
-        batch = problem.sample_objective()
-        loss, c = problem.objective_and_constraints(batch)
-        check_values(self.m, loss, c)
+        loss, c = problem.sample_objective_and_constraints()
+        check_finite(self.m, loss, c)
         y = self.dual
+        # grad f + J_c^T y from one backward pass seeded with (1, y): the gradient of
+        # f + y . c without recording the dot product
+        grads = torch.autograd.grad((loss, c), self.params, grad_outputs=(None, y.to(c.dtype)))
         params = self.params
-        grads = torch.autograd.grad(loss + (y.to(c.dtype) * c).sum(), params)
         with torch.no_grad():
             torch._foreach_add_(params, grads, alpha=-group["tau"])
             y.add_(c.detach().to(y.dtype), alpha=group["eta"]).clamp_(0.0, group["dual_bound"])

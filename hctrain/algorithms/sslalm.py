@@ -87,7 +87,7 @@ from torch import Tensor
 
 from ..problem import StochasticProblem
 from .base import (ConstrainedOptimizer, check_interval, check_nonnegative, check_positive,
-                   check_values)
+                   check_finite)
 
 DUAL_SAFEGUARDS = ("reset", "clip")
 
@@ -174,9 +174,10 @@ class SSLALM(ConstrainedOptimizer):
         g0 = self.param_groups[0]
         eta, rho, bound = g0["eta"], g0["rho"], g0["dual_bound"]
         loss, c1, c2 = self._constraint_samples(problem, g0["two_samples"])
-        check_values(self.m, loss, c1)
         if g0["two_samples"]:
-            check_values(self.m, None, c2)
+            check_finite(self.m, loss, c1, c2)
+        else:
+            check_finite(self.m, loss, c1)
 
         state = self.algorithm_state
         y, s, zs = state["dual"], state["slack"], state["slack_anchor"]
@@ -184,16 +185,21 @@ class SSLALM(ConstrainedOptimizer):
             # dual step on zeta_1, then the safeguard
             y.add_(c1.detach().to(y.dtype) + s, alpha=eta)
             if g0["dual_safeguard"] == "reset":
-                keep = torch.linalg.vector_norm(y) < bound
-                y.mul_(keep.to(y.dtype))
-                state["dual_resets"] += (~keep).to(torch.long)
+                reset = torch.linalg.vector_norm(y) >= bound
+                y.masked_fill_(reset, 0.0)
+                state["dual_resets"].add_(reset)
             else:
                 y.clamp_(-bound, bound)
             # b_k = y_{k+1} + rho (c(x_k, zeta_2) + s_k): one m-vector
             bracket = (c2.to(y.dtype) + s).mul_(rho).add_(y)
 
-        params = self.params
-        grads = torch.autograd.grad(loss + (bracket.to(c1.dtype) * c1).sum(), params,
+        # grad f + J_c^T b_k from one backward pass seeded with (1, b_k): the gradient of
+        # f + b_k . c_1 without recording the dot product
+        outputs, seeds = [loss], [None]
+        if c1.requires_grad:
+            outputs.append(c1)
+            seeds.append(bracket.to(c1.dtype))
+        grads = torch.autograd.grad(outputs, self.params, grad_outputs=seeds,
                                     allow_unused=True, materialize_grads=True)
 
         with torch.no_grad():

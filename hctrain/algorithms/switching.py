@@ -75,7 +75,7 @@ import torch
 from torch import Tensor
 
 from ..problem import Batch, StochasticProblem
-from .base import ConstrainedOptimizer, check_nonnegative, check_positive, check_values
+from .base import ConstrainedOptimizer, check_finite, check_nonnegative, check_positive, check_values
 
 SCHEDULES = ("paper", "constant", "sqrt")
 STEP_SCHEDULES = ("constant", "sqrt")
@@ -163,11 +163,22 @@ class SwitchingSubgradient(ConstrainedOptimizer):
         state["constraint_steps"] = 0
         state["output_weight"] = 0.0
         state["output_iteration"] = 0
-        state["rng_state"] = torch.Generator().manual_seed(seed).get_state()
-        self._generator = torch.Generator()
+        # The output's random stream: a live generator, its state written to ``rng_state`` by
+        # state_dict() and read back by load_state_dict() (not copied in and out every step).
+        self._generator = torch.Generator().manual_seed(seed)
+        state["rng_state"] = self._generator.get_state()
         # 0-dim constants for the step's report, made once (a new tensor per step costs a few us)
         self._flags = {True: torch.tensor(True), False: torch.tensor(False)}
         self._nans: dict[torch.dtype, Tensor] = {}
+
+    def state_dict(self) -> dict:
+        """torch's state dict, with the output's random stream as of now in ``rng_state``."""
+        self.algorithm_state["rng_state"] = self._generator.get_state()
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._generator.set_state(self.algorithm_state["rng_state"])
 
     # --- hyperparameters and counters ---------------------------------------------------------
 
@@ -240,7 +251,7 @@ class SwitchingSubgradient(ConstrainedOptimizer):
         eps_k = state["eps"]
 
         cbar = self.switching_estimate(problem)
-        check_values(self.m, None, cbar)
+        check_finite(self.m, None, cbar)
         switch_value = self.scalarize(cbar)
         objective_step = self.is_objective_step(switch_value, eps_k)
 
@@ -250,12 +261,12 @@ class SwitchingSubgradient(ConstrainedOptimizer):
             nan = self._nans[cbar.dtype] = torch.full((), float("nan"), dtype=cbar.dtype)
         if objective_step:
             loss = problem.objective(problem.sample_objective())
-            check_values(self.m, loss)
+            check_finite(self.m, loss)
             grads = torch.autograd.grad(loss, params)
             step_constraint = nan
         else:
             c = problem.constraints(problem.sample_constraints())
-            check_values(self.m, None, c)
+            check_finite(self.m, None, c)
             c_scalar = self.scalarize(c)
             grads = torch.autograd.grad(c_scalar, params)
             loss, step_constraint = nan, c_scalar.detach()
@@ -294,9 +305,7 @@ class SwitchingSubgradient(ConstrainedOptimizer):
             return
         weight = _step_size(hyper["step_schedule"], hyper["eta_f"], k)
         state["output_weight"] += weight
-        self._generator.set_state(state["rng_state"])
         u = torch.rand((), generator=self._generator, dtype=torch.float64).item()
-        state["rng_state"] = self._generator.get_state()
         if u * state["output_weight"] < weight:  # P = weight / W (always for the first one)
             params = self.params
             kept = []

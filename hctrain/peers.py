@@ -1,0 +1,179 @@
+"""The peer libraries on an hctrain problem, each through its own documented training loop.
+
+Each class here trains a :class:`~hctrain.problem.StochasticProblem` the way that library's
+documentation tells a user to, with ``step(problem)`` doing one iteration on one draw of the
+problem's objective sampler (f and c from one forward pass, as the peers' loops do):
+
+- :class:`TorchAdam`: the plain ``torch.optim.Adam`` loop (forward, loss, backward, step) that
+  ignores the constraints -- the reference of every speed comparison in the book;
+- :class:`HCTDual`: humancompatible-train's dual optimizers (``ALM``, ``PBM``, ``SSG``) with a
+  ``torch.optim.Adam`` primal, through ``dual.forward_update(loss, c).backward()``;
+- :class:`CooperLagrangian`: Cooper's Lagrangian (gradient descent-ascent: Adam on the primal,
+  SGD on the multipliers, simultaneous updates) or its augmented Lagrangian (alternating
+  dual-primal updates, a constant penalty coefficient).
+
+The peers come with the optional ``peers`` extra (``pip install "hctrain[peers]"``):
+:func:`available` says which are installed, and building one that is not raises an
+``ImportError`` naming the package to install.
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .checks import check_number
+from .problem import StochasticProblem
+
+PACKAGES = {"humancompatible-train": "humancompatible.train", "cooper-optim": "cooper"}
+
+
+def available() -> dict[str, bool]:
+    """Which peer libraries are importable: ``{"humancompatible-train": bool, "cooper-optim": bool}``."""
+    return {name: _spec(module) is not None for name, module in PACKAGES.items()}
+
+
+def _spec(module: str):
+    try:
+        return importlib.util.find_spec(module)
+    except ModuleNotFoundError:
+        return None
+
+
+def _require(package: str) -> None:
+    if not available()[package]:
+        raise ImportError(f"{package} is not installed; install the peers extra: "
+                          f'pip install "hctrain[peers]" (or pip install {package} torch==2.13.0)')
+
+
+def _like(problem: StochasticProblem) -> Tensor:
+    return problem.params[0]
+
+
+class TorchAdam:
+    """The loop a user writes without constraints: ``zero_grad``, forward, loss, ``backward``,
+    ``torch.optim.Adam.step`` (PyTorch's defaults; the constraints are never computed)."""
+
+    name = "torch Adam"
+
+    def __init__(self, problem: StochasticProblem, lr: float = 1e-3):
+        self.optimizer = torch.optim.Adam(problem.params, lr=check_number("lr", lr, low=0.0, low_open=True))
+
+    def step(self, problem: StochasticProblem) -> dict[str, Tensor]:
+        batch = problem.sample_objective()
+        self.optimizer.zero_grad()
+        loss = problem.loss_fn(problem.forward(batch), batch)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.detach()}
+
+
+class HCTDual:
+    """humancompatible-train's ``method`` ("ALM", "PBM" or "SSG") with an Adam primal, in its
+    documented loop::
+
+        optimizer.zero_grad()
+        dual.forward_update(loss, constraints).backward()
+        optimizer.step()
+
+    ``ALM``: ``lr`` (dual step, 0.1), ``penalty`` (rho, 1.0), inequality constraints
+    (``is_ineq=True``). ``PBM``: its defaults, ``epoch_length`` steps per annealing epoch (100).
+    ``SSG``: ``constraint_tol`` 0. ``dual`` holds the humancompatible-train optimizer.
+    """
+
+    METHODS = ("ALM", "PBM", "SSG")
+
+    def __init__(self, problem: StochasticProblem, method: str = "ALM", lr: float = 1e-3,
+                 **dual: Any):
+        if method not in self.METHODS:
+            raise ValueError(f"method must be one of {self.METHODS}, got {method!r}")
+        _require("humancompatible-train")
+        from humancompatible.train import dual_optim
+
+        like = _like(problem)
+        if method == "ALM":
+            dual = {"lr": 0.1, "penalty": 1.0, "is_ineq": True, **dual}
+        elif method == "PBM":
+            dual = {"epoch_length": 100, **dual}
+        else:
+            dual = {"constraint_tol": 0.0, **dual}
+        self.name = f"HCT {method}"
+        self.dual = getattr(dual_optim, method)(m=problem.m, device=like.device, **dual)
+        self.optimizer = torch.optim.Adam(problem.params, lr=check_number("lr", lr, low=0.0, low_open=True))
+
+    def step(self, problem: StochasticProblem) -> dict[str, Tensor]:
+        self.optimizer.zero_grad()
+        loss, c = problem.sample_objective_and_constraints()
+        self.dual.forward_update(loss, c).backward()
+        self.optimizer.step()
+        return {"loss": loss.detach(), "constraints": c.detach()}
+
+
+class CooperLagrangian:
+    """Cooper's Lagrangian formulation (``augmented=False``: simultaneous gradient
+    descent-ascent, Adam(lr) on the primal and SGD(dual_lr, maximize=True) on the multipliers)
+    or its augmented Lagrangian (``augmented=True``: a constant penalty coefficient ``penalty``,
+    alternating dual-then-primal updates, as Cooper documents for that formulation). One
+    ``roll`` per step."""
+
+    def __init__(self, problem: StochasticProblem, augmented: bool = False, lr: float = 1e-3,
+                 dual_lr: float = 0.1, penalty: float = 1.0):
+        _require("cooper-optim")
+        import cooper
+
+        like = _like(problem)
+        self.name = "Cooper AL" if augmented else "Cooper GDA"
+        multiplier = cooper.multipliers.DenseMultiplier(num_constraints=problem.m, device=like.device,
+                                                        dtype=like.dtype)
+        if augmented:
+            coefficient = cooper.penalty_coefficients.DensePenaltyCoefficient(
+                init=torch.full((problem.m,), float(penalty), dtype=like.dtype, device=like.device))
+            constraint = cooper.Constraint(cooper.ConstraintType.INEQUALITY,
+                                           formulation_type=cooper.formulations.AugmentedLagrangian,
+                                           multiplier=multiplier, penalty_coefficient=coefficient)
+        else:
+            constraint = cooper.Constraint(cooper.ConstraintType.INEQUALITY,
+                                           formulation_type=cooper.formulations.Lagrangian,
+                                           multiplier=multiplier)
+
+        class Problem(cooper.ConstrainedMinimizationProblem):
+            def __init__(self):
+                super().__init__()
+                self.constraint = constraint
+
+            def compute_cmp_state(self):
+                loss, c = problem.sample_objective_and_constraints()
+                return cooper.CMPState(loss=loss, observed_constraints={
+                    self.constraint: cooper.ConstraintState(violation=c)})
+
+        self.cmp = Problem()
+        primal = torch.optim.Adam(problem.params, lr=check_number("lr", lr, low=0.0, low_open=True))
+        dual = torch.optim.SGD(self.cmp.dual_parameters(), lr=check_number("dual_lr", dual_lr, low=0.0),
+                               maximize=True)
+        kind = (cooper.optim.AlternatingDualPrimalOptimizer if augmented
+                else cooper.optim.SimultaneousOptimizer)
+        self.optimizer = kind(cmp=self.cmp, primal_optimizers=primal, dual_optimizers=dual)
+        self.multiplier = multiplier
+
+    def step(self, problem: StochasticProblem) -> dict[str, Tensor]:
+        rollout = self.optimizer.roll()
+        violation = next(iter(rollout.cmp_state.observed_constraints.values())).violation
+        return {"loss": rollout.loss.detach(), "constraints": violation.detach()}
+
+
+def build(name: str, problem: StochasticProblem, **hyper: Any):
+    """A peer by its name in :data:`NAMES`, over ``problem``."""
+    if name == "torch Adam":
+        return TorchAdam(problem, **hyper)
+    if name.startswith("HCT "):
+        return HCTDual(problem, method=name[4:], **hyper)
+    if name in ("Cooper GDA", "Cooper AL"):
+        return CooperLagrangian(problem, augmented=name == "Cooper AL", **hyper)
+    raise ValueError(f"unknown peer {name!r}; use one of {NAMES}")
+
+
+NAMES = ("torch Adam", "HCT ALM", "HCT PBM", "HCT SSG", "Cooper GDA", "Cooper AL")
+PACKAGE_OF = {"torch Adam": None, "HCT ALM": "humancompatible-train", "HCT PBM": "humancompatible-train",
+              "HCT SSG": "humancompatible-train", "Cooper GDA": "cooper-optim", "Cooper AL": "cooper-optim"}
