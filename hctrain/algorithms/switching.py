@@ -237,8 +237,11 @@ class SwitchingSubgradient(ConstrainedOptimizer):
                 for b, chunk in zip(batches, torch.split(logits, sizes))]
 
     def scalarize(self, c: Tensor) -> Tensor:
-        """The method's constraint function on m values: max_i c_i."""
-        return c.max()
+        """The method's constraint function on m values: max_i c_i. Its gradient picks one
+        constraint attaining the maximum (``max(dim=0)``: a scatter into one entry), a
+        subgradient of the max; ``c.max()`` would spread the gradient evenly over ties, at the
+        cost of several more operations on the m-vector, for the same value."""
+        return c.max(0).values if c.dim() == 1 else c.max()
 
     def is_objective_step(self, switch_value: Tensor, eps_k: float) -> bool:
         """The switching test: an objective step when max_i cbar_i <= eps_k."""
