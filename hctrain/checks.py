@@ -180,6 +180,12 @@ def _names(name: str, value: Any) -> Any:
     return list(value)
 
 
+def _counts(name: str, value: Any) -> Any:
+    if not (isinstance(value, (list, tuple)) and value):
+        raise ValueError(f"{name} must be a non-empty list of integers, got {_shown(value)}")
+    return [check_integer(f"{name}[{i}]", v, low=1) for i, v in enumerate(value)]
+
+
 CHAPTER_PARAMETERS = {
     "state": check_string, "protected": check_string,
     "year": lambda n, v: check_integer(n, v, low=2014, fix="; e.g. 2018"),
@@ -194,6 +200,13 @@ CHAPTER_PARAMETERS = {
     "results_dir": check_path,
     "algorithms": _names, "methods": _names, "states": _names,
     "n_workers": _count,
+    # chapter 9 (scaling): timing protocol and the sizes swept
+    "rounds": _count, "steps": _count, "pool_size": _count, "memory_steps": _count,
+    "per_sample_batch": _count,
+    "warmup": lambda n, v: check_integer(n, v, low=0),
+    "ghost_budget_s": _positive, "per_sample_epsilon": _positive,
+    "group_counts": _counts, "ghost_group_counts": _counts, "per_sample_ms": _counts,
+    "contestants": _names,
 }
 """How a chapter's protocol parameters are checked, by name (each chapter's algorithm
 hyperparameters are checked by the algorithm itself, before its first run)."""

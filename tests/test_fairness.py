@@ -184,3 +184,47 @@ def test_bad_group_codes(sens, message) -> None:
     constraints = GroupFairnessConstraints(list("abc"), 0.05)
     with pytest.raises(ValueError, match=message):
         constraints(torch.full((4,), 0.5), sens)
+
+
+# --- the fused path (one autograd node for positive rates of group codes) ----------------------
+
+@pytest.mark.parametrize("kind", ["one_vs_overall", "pairwise"])
+@pytest.mark.parametrize("G", [2, 5, 30])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_constraints_equal_autograd_of_the_plain_formula(kind, G, dtype) -> None:
+    torch.manual_seed(G)
+    constraints = GroupFairnessConstraints([str(g) for g in range(G)], 0.05, kind)
+    sens = torch.cat([torch.arange(G), torch.randint(G, (20 * G,))])
+    logits = torch.randn(sens.shape[0], dtype=dtype, requires_grad=True)
+    weights = torch.randn(constraints.m, dtype=dtype)
+
+    def gradient(c):
+        # the logits also feed a second term, as they feed the loss in training
+        return torch.autograd.grad((weights * c).sum() + logits.square().sum(), logits)[0]
+
+    probs = torch.sigmoid(logits)
+    plain = constraints.gaps(probs, sens) - constraints._bound_like(probs)  # recorded op by op
+    fused = constraints.from_logits(logits, sens)
+    assert fused.grad_fn is not None and type(fused.grad_fn).__name__ == "_PositiveRateConstraintsBackward"
+    assert torch.equal(fused, plain) and torch.equal(constraints(torch.sigmoid(logits), sens), plain)
+    expected = gradient(plain)
+    assert torch.equal(gradient(fused), expected)  # bit for bit: autograd's formulas, its order
+    assert torch.equal(gradient(constraints(torch.sigmoid(logits), sens)), expected)
+
+
+def test_pairwise_gradient_by_hand() -> None:
+    # c_(g,h) = S_g - S_h - b: dL/dS_g = sum_h w_(g,h) - sum_h w_(h,g); S_g = mean of p over g
+    constraints = GroupFairnessConstraints(["a", "b", "c"], 0.0, "pairwise")
+    probs = torch.tensor([0.9, 0.7, 0.2, 0.4, 0.0, 0.5], requires_grad=True)
+    sens = torch.tensor([0, 0, 1, 1, 1, 2])
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])  # pairs ab, ac, ba, bc, ca, cb
+    grad, = torch.autograd.grad(constraints(probs, sens), probs, grad_outputs=w)
+    d_s = torch.tensor([(1 + 2) - (3 + 5), (3 + 4) - (1 + 6), (5 + 6) - (2 + 4)], dtype=torch.float32)
+    assert torch.allclose(grad, (d_s / torch.tensor([2.0, 3.0, 1.0]))[sens])
+
+
+def test_fused_constraints_without_gradient() -> None:
+    constraints = GroupFairnessConstraints(["a", "b"], 0.05)
+    with torch.no_grad():
+        c = constraints.from_logits(torch.randn(10), torch.tensor([0, 1] * 5))
+    assert c.shape == (2,) and c.grad_fn is None

@@ -127,3 +127,38 @@ def test_fairret_regularized_bad_arguments(kwargs, name):
     args = {"n_groups": 5, "weight": 0.3, **kwargs}
     with pytest.raises(ValueError, match=name):
         FairretRegularized([torch.nn.Parameter(torch.zeros(3))], **args)
+
+
+def test_gda_step_is_the_lagrangian_gradient_step_bit_for_bit():
+    # one backward pass seeded with (1, y) is the gradient of f + y . c, to the last bit
+    from hctrain.data import load_acsincome
+    from hctrain.task import FairnessTask
+
+    task = FairnessTask(load_acsincome("VA", download=False, verbose=False), bound=0.05, batch_per_group=8)
+    problem, twin = task.problem(1), task.problem(1)
+    algo = GDA.from_problem(problem, tau=0.05, eta=0.1)
+    algo.dual.copy_(torch.tensor([0.3, 0.0, 1.7, 0.2, 2.5]))
+    y = algo.dual.clone()
+    algo.step(problem)
+    batch = twin.sample_objective()
+    loss, c = twin.objective_and_constraints(batch)
+    grads = torch.autograd.grad(loss + (y * c).sum(), twin.params)
+    with torch.no_grad():
+        for p, g in zip(twin.params, grads):
+            p.sub_(0.05 * g)
+    for p, q in zip(problem.params, twin.params):
+        assert torch.equal(p, q)
+    assert torch.equal(algo.dual, (y + 0.1 * c.detach()).clamp(0.0, 100.0))
+
+
+def test_gda_draws_zeta_from_a_constraint_sampler_of_its_own():
+    # with separate samplers, f comes from the objective draw and c from the constraint draw
+    problem = NoisyQuadratic.example().problem(seed=0, batch_size=4, separate_constraint_sampler=True)
+    twin = NoisyQuadratic.example().problem(seed=0, batch_size=4, separate_constraint_sampler=True)
+    out = GDA.from_problem(problem).step(problem)
+    xi, zeta = twin.sample_objective(), twin.sample_constraints()
+    with torch.no_grad():
+        on_zeta, on_xi = twin.constraints(zeta), twin.constraints(xi)
+        loss = twin.objective(xi)
+    assert torch.equal(out["constraints"], on_zeta) and not torch.equal(on_zeta, on_xi)
+    assert torch.equal(out["loss"], loss)

@@ -492,3 +492,15 @@ def test_task_problem_checks_its_seed(task) -> None:
 def test_gda_dual_follows_the_parameters() -> None:
     gda = GDA([torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))], m=2)
     assert gda.dual.dtype == torch.float64 and gda.dual.device.type == "cpu"
+
+
+def test_check_finite_names_bad_values_with_one_sync():
+    from hctrain.algorithms.base import check_finite
+    check_finite(3, torch.tensor(0.5), torch.tensor([0.1, -0.2, 0.0]))
+    check_finite(2, None, torch.tensor([3e38, 3e38]))  # the sum overflows; every value is finite
+    with pytest.raises(ValueError, match=r"not finite at indices \[1\]"):
+        check_finite(3, torch.tensor(0.5), torch.tensor([0.1, float("nan"), 0.0]))
+    with pytest.raises(ValueError, match="objective is not finite"):
+        check_finite(3, torch.tensor(float("inf")), torch.tensor([0.1, 0.2, 0.0]))
+    with pytest.raises(ValueError, match="expected 3 values"):
+        check_finite(3, None, torch.tensor([0.1, 0.2]))

@@ -383,3 +383,31 @@ def test_bad_values_raise_before_any_change(what, problem_kwargs, message):
     with pytest.raises(ValueError, match=message):
         algo.step(problem)
     _assert_untouched(algo, problem, before_x, before_state)
+
+
+def test_output_stream_resumes_where_it_stopped():
+    # constant tolerance 0.5: mostly objective steps, so the output's reservoir draws every step;
+    # a resumed run must keep the same random output as the run it continues
+    hyper = dict(eta_f=0.05, eta_c=0.05, schedule="constant", eps=0.5, seed=3)
+
+    def fresh():
+        problem = Q.problem(seed=2, batch_size=5, separate_constraint_sampler=True)
+        return problem, SwitchingSubgradient.from_problem(problem, **hyper)
+
+    problem, algo = fresh()
+    for _ in range(80):
+        algo.step(problem)
+    problem1, algo1 = fresh()
+    for _ in range(40):
+        algo1.step(problem1)
+    saved = checkpoint(problem1, algo1)
+    problem2, algo2 = fresh()
+    restore(saved, problem2, algo2)
+    for _ in range(40):
+        algo2.step(problem2)
+    assert algo1.objective_steps > 10 and algo.objective_steps > algo1.objective_steps + 10  # draws on both sides
+    assert algo2.algorithm_state["output_iteration"] == algo.algorithm_state["output_iteration"]
+    assert torch.equal(algo2.state_dict()["state"]["algorithm"]["rng_state"],
+                       algo.state_dict()["state"]["algorithm"]["rng_state"])
+    for x, y in zip(algo.output_parameters(), algo2.output_parameters()):
+        assert torch.equal(x, y)
