@@ -144,8 +144,7 @@ def test_gda_step_is_the_lagrangian_gradient_step_bit_for_bit():
     loss, c = twin.objective_and_constraints(batch)
     grads = torch.autograd.grad(loss + (y * c).sum(), twin.params)
     with torch.no_grad():
-        for p, g in zip(twin.params, grads):
-            p.sub_(0.05 * g)
+        torch._foreach_add_(twin.params, grads, alpha=-0.05)  # x - tau * grad, GDA's update
     for p, q in zip(problem.params, twin.params):
         assert torch.equal(p, q)
     assert torch.equal(algo.dual, (y + 0.1 * c.detach()).clamp(0.0, 100.0))
