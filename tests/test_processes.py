@@ -49,15 +49,17 @@ def _alive(process) -> bool:
         return False
 
 
-def _training_workers(parent, timeout: float = 120.0) -> list:
-    """The parent's descendants once two of them have trained for a second of CPU time."""
+def _training_workers(parent, timeout: float = 180.0, cpu_s: float = 6.0) -> list:
+    """The parent's descendants once two of them have used ``cpu_s`` seconds of CPU: past their
+    start (a spawned worker spends a few seconds of CPU importing torch and distributed), so
+    the signal reaches a run that is training, not a cluster still starting."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         children = parent.children(recursive=True)
         busy = []
         for child in children:
             try:
-                if child.cpu_times().user > 1.0 and "python" in child.name().lower():
+                if child.cpu_times().user > cpu_s and "python" in child.name().lower():
                     busy.append(child)
             except psutil.NoSuchProcess:
                 pass

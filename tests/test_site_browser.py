@@ -57,6 +57,9 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--disable-extensions",
     "--hide-scrollbars",
+    # Offline, as a reader without internet: every host but the local server fails to resolve,
+    # so a page that needs a CDN (MathJax, fonts) shows what such a reader sees.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     "--window-size=1280,1000",
 ]
 
@@ -188,6 +191,42 @@ const outputs = [...article.querySelectorAll('.cell_output .output:not(.stderr):
 return {title, imgs, errors, stderr, outputs, url: location.href, doc: document.title};
 """
 
+# Runs in the page once MathJax has typeset it (or at once without MathJax): the math the
+# page holds (Sphinx's .math elements), what MathJax rendered, where MathJax came from, and any
+# TeX left as text outside code.
+MATH_REPORT_JS = r"""
+const done = arguments[arguments.length - 1];
+const article = document.querySelector('article.bd-article') || document.querySelector('main')
+  || document.body;
+const finish = () => {
+  const copy = article.cloneNode(true);
+  copy.querySelectorAll('pre, code, script, style, mjx-container, .highlight, .headerlink')
+    .forEach(e => e.remove());
+  const text = copy.textContent;
+  const raw = [];
+  for (const pattern of [/\\\(/, /\\\[/, /\\begin\{/, /\$\$/]) {
+    const m = text.match(pattern);
+    if (m) raw.push(text.slice(Math.max(0, m.index - 30), m.index + 50).replace(/\s+/g, ' '));
+  }
+  const script = [...document.scripts].find(s => /mathjax|tex-.*chtml/i.test(s.src || ''));
+  done({math: article.querySelectorAll('.math').length,
+        rendered: article.querySelectorAll('mjx-container').length,
+        src: script ? script.src : null, raw});
+};
+// MathJax loads deferred: wait for its startup (at most 20 s), unless the page has no math.
+const start = Date.now();
+const wait = () => {
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    MathJax.startup.promise.then(finish, finish);
+  } else if (!article.querySelector('.math') || Date.now() - start > 20000) {
+    finish();
+  } else {
+    setTimeout(wait, 100);
+  }
+};
+wait();
+"""
+
 ALL_IMAGES_SETTLED_JS = r"""
 const imgs = [...document.images];
 imgs.forEach(i => { if (i.loading === 'lazy') i.loading = 'eager'; });
@@ -230,7 +269,7 @@ def browser():
     service = Service(executable_path=str(CHROMEDRIVER))
     driver = webdriver.Chrome(service=service, options=options)
     driver.set_page_load_timeout(60)
-    driver.set_script_timeout(30)
+    driver.set_script_timeout(40)
     try:
         yield driver
     finally:
@@ -308,6 +347,7 @@ def page_problems(driver, base_url: str, entry: str, source: Path, shot: Path) -
         problems.append("images still loading after 30 s")
     time.sleep(0.2)  # let late console messages arrive
     report = driver.execute_script(PAGE_REPORT_JS)
+    math = driver.execute_async_script(MATH_REPORT_JS)
     full_page_screenshot(driver, shot)
 
     # The title.
@@ -334,6 +374,14 @@ def page_problems(driver, base_url: str, entry: str, source: Path, shot: Path) -
             f"{stored} image output(s) stored in {source.name}, "
             f"but {figures} loaded figure(s) shown"
         )
+
+    # The maths: rendered by a MathJax the site ships, none left as raw TeX.
+    if math["math"]:
+        if not (math["src"] or "").startswith(base_url):
+            problems.append(f"MathJax is not served by the site itself: {math['src']!r}")
+        if not math["rendered"]:
+            problems.append(f"{math['math']} math element(s) and none rendered by MathJax")
+    problems += [f"raw TeX on the page: {r!r}" for r in math["raw"]]
 
     # Error output.
     problems += [f"error output: {e}" for e in report["errors"]]
