@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import time
 import traceback
 from contextlib import contextmanager, nullcontext
@@ -176,9 +177,26 @@ def dask_client(scheduler: str | None = None, n_workers: int | None = None) -> I
     client = Client(cluster)
     try:
         yield client
+    except BaseException:
+        # Interrupted (Ctrl-C, an error, the caller closing early): a worker in the middle of a
+        # run would only stop at the end of its budget, so it is killed, not asked to close.
+        _kill_workers(cluster)
+        raise
     finally:
         client.close()
         cluster.close()
+
+
+def _kill_workers(cluster: Any) -> None:
+    """Kill the worker processes of a LocalCluster of this process (best effort)."""
+    for nanny in list(getattr(cluster, "workers", {}).values()):
+        process = getattr(getattr(nanny, "process", None), "process", None)
+        pid = getattr(process, "pid", None)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
 
 
 @dataclass

@@ -84,7 +84,7 @@ def test_no_worker_outlives_its_parent(how, code, tmp_path: Path) -> None:
         parent = psutil.Process(proc.pid)
         descendants = _training_workers(parent)
         proc.send_signal(how)
-        out, _ = proc.communicate(timeout=60)  # returns only when nothing holds the pipe open
+        out, _ = proc.communicate(timeout=120)  # returns only when nothing holds the pipe open
         deadline = time.monotonic() + 30
         while any(_alive(p) for p in descendants) and time.monotonic() < deadline:
             time.sleep(0.2)
