@@ -64,7 +64,6 @@ class GroupFairnessConstraints:
             self.names = [f"{g}" for g in group_names]
         else:
             first, second = torch.where(~torch.eye(G, dtype=torch.bool))
-            self._first, self._second = first, second
             self.names = [f"{group_names[i]} - {group_names[j]}" for i, j in zip(first.tolist(), second.tolist())]
         self.m = len(self.names)
         # Per-call constants as tensors: an op with a Python scalar operand pays for wrapping it.
