@@ -436,7 +436,7 @@ def test_state_dict_round_trip(separate):
     algo = StochasticGhost.from_problem(prob)  # defaults: seed 0, gamma0 0.05, ...
     restore(saved, prob, algo)
     group = algo.param_groups[0]
-    assert (group["seed"], group["gamma0"], group["zeta"], group["max_level"], group["tau"]) == (7, 0.5, 0.6, 3, 2.0)
+    assert (group["seed"], group["lr"], group["zeta"], group["max_level"], group["tau"]) == (7, 0.5, 0.6, 3, 2.0)
     levels += [int(algo.step(prob)["N"]) for _ in range(k)]
     assert levels == levels_full and len(set(levels)) > 1
     assert torch.equal(prob.params[0].detach(), x_full)

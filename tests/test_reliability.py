@@ -368,7 +368,7 @@ def _params():
     (lambda: FairretRegularized(_params(), n_groups=2, weight="1"), r"weight .*'1' \(str\)"),
     (lambda: SPBM(_params(), m=2, eps=0), r"eps must be a finite number > 0, got 0"),
     (lambda: SPBM(_params(), m=2, lr=0), r"lr must be a finite number > 0"),
-    (lambda: GDA(_params(), m=2, tau="0.1"), r"tau .*'0.1' \(str\)"),
+    (lambda: GDA(_params(), m=2, tau="0.1"), r"lr \(tau\) .*'0.1' \(str\)"),
     (lambda: SSLALM(_params(), m=2, eta=NAN), r"eta must be a finite number > 0, got nan"),
 ])
 def test_algorithm_bad_hyperparameters(make, message) -> None:
@@ -471,7 +471,7 @@ def test_chapter_parameters_are_checked() -> None:
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda p: GDA([{"params": p, "tau": "0.1"}], m=2), r"parameter group 0: tau must be a finite number >= 0, got '0.1' \(str\)"),
+    (lambda p: GDA([{"params": p, "tau": "0.1"}], m=2), r"parameter group 0: lr \(tau\) must be a finite number >= 0, got '0.1' \(str\)"),
     (lambda p: SwitchingSubgradient([{"params": p, "eta_f": NAN}], m=2), r"eta_f.*nan"),
     (lambda p: Adam([{"params": p, "lr": 0}]), r"lr must be a finite number > 0, got 0"),
     (lambda p: Adam([{"params": p, "betas": 0.9}]), r"parameter group 0: betas must be a tuple of 2 numbers"),

@@ -178,8 +178,8 @@ def test_primal_gradient_is_the_penalty_barrier_objective_and_one_backward(monke
         algo.step(problem)
         assert calls["grad"] - before == 1
         assert torch.allclose(received[-1], expected, rtol=1e-10, atol=1e-10)
+        assert torch.allclose(problem.params[0].grad, expected, rtol=1e-10, atol=1e-10)  # .grad is G_k
     assert not torch.equal(algo.anchor[0], torch.zeros(4, dtype=torch.float64))  # the anchor moved
-    assert problem.params[0].grad is None  # no stale .grad left behind
 
 
 def test_defaults_wake_the_dual_on_acsincome_scale_violations():
@@ -347,11 +347,12 @@ def test_bad_values_raise_before_any_state_changes(mode, match):
     for _ in range(5):
         algo.step(problem)
     before = snapshot(algo, problem)
+    grad_before = problem.params[0].grad.clone()
     fake.mode = mode
     with pytest.raises(ValueError, match=match):
         algo.step(problem)
     assert_same(snapshot(algo, problem), before)
-    assert problem.params[0].grad is None
+    assert torch.equal(problem.params[0].grad, grad_before)  # the last step's G, untouched
 
 
 def test_problem_with_other_m_is_refused():
@@ -436,7 +437,8 @@ def test_fused_adam_step_equals_torch_adam_step_bit_for_bit(dtype_y, groups):
         assert_same(fast.state[p], slow.state[q])
     for key in ("dual", "penalty", "anchor"):
         assert_same(fast.algorithm_state[key], slow.algorithm_state[key])
-    assert all(p.grad is None for p in tp_fast.model.parameters())
+    for p, q in zip(tp_fast.model.parameters(), tp_slow.model.parameters()):  # .grad is G_k on both paths
+        assert torch.equal(p.grad, q.grad)
 
 
 def _flat_buffers(algo):

@@ -353,7 +353,7 @@ def test_state_dict_round_trip(cls, hyper):
     problem2, algo2 = fresh()
     restore(saved, problem2, algo2)
     for key, value in hyper.items():
-        assert algo2.param_groups[0][key] == value
+        assert algo2.param_groups[0]["lr" if key == "tau" else key] == value  # lr is tau
     assert algo2.iteration == k
     for _ in range(k):
         algo2.step(problem2)

@@ -1,9 +1,21 @@
-"""What every algorithm shares: PyTorch optimizer conventions plus ``step(problem)``.
+"""What every algorithm shares: PyTorch optimizer conventions plus ``step()``.
 
-An algorithm is a ``torch.optim.Optimizer`` over the model's parameters whose ``step`` takes the
-:class:`~hctrain.problem.StochasticProblem` and draws from it the samples its update needs.
-State that belongs to no single parameter (duals, slacks, counters, random streams) lives in
-``self.state["algorithm"]`` so that ``state_dict()`` / ``load_state_dict()`` carry it.
+An algorithm is a ``torch.optim.Optimizer`` over the model's parameters. Its ``step`` draws from
+a problem (:class:`~hctrain.problem.Problem`, or the book's
+:class:`~hctrain.problem.StochasticProblem`) the samples its update needs; the problem is given
+at construction (``GDA(model.parameters(), problem=problem)``, then ``step()``) or to each call
+(``step(problem)``). One-sample methods (GDA, LinearizedALM, SPBM, and SSL-ALM with
+``two_samples=False``) also take values computed in the caller's own loop,
+``step(loss=f, constraints=c)``; the methods that need independent samples refuse that form,
+naming the sample.
+
+Conventions shared with ``torch.optim``: every parameter group carries ``lr``, the primal step
+size (the paper's symbol -- tau, eta_f, gamma_0 -- is accepted as an alias in the constructor and
+in parameter groups), so ``torch.optim.lr_scheduler`` works; after a step, each parameter's
+``.grad`` holds the direction the primal update used (``x <- x - lr * grad`` for the
+gradient methods, the Adam input for SPBM). State that belongs to no single parameter (duals,
+slacks, counters, random streams) lives in ``self.state["algorithm"]`` so that ``state_dict()`` /
+``load_state_dict()`` carry it.
 """
 from __future__ import annotations
 
@@ -17,23 +29,70 @@ import torch
 from torch import Tensor
 
 from ..checks import check_number
-from ..problem import StochasticProblem
+from ..problem import StochasticProblem, check_constraint_values, check_loss
 
 ALGORITHM_STATE = "algorithm"
 
 
-class ConstrainedOptimizer(torch.optim.Optimizer):
-    """Base class: hyperparameters in ``defaults``, ``step(problem)`` does one iteration."""
+def resolve_m(name: str, m: Any, problem: Any) -> Any:
+    """m from the argument or from ``problem.m`` (they must agree when both are given)."""
+    if problem is not None:
+        if not callable(getattr(problem, "sample_objective", None)) or not hasattr(problem, "m"):
+            raise TypeError(f"problem must be a hctrain.Problem (or StochasticProblem), got "
+                            f"{type(problem).__name__}")
+        if m is None:
+            return problem.m
+        if m != problem.m:
+            raise ValueError(f"{name} was given m={m!r} but the problem has m={problem.m}; leave m out "
+                             "when a problem is given")
+    return m
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict], defaults: dict[str, Any], m: int | None = None):
+
+def resolve_lr(alias: str, alias_value: Any, lr: Any, default: float) -> Any:
+    """The primal step size from ``lr`` or the paper's name for it (not both, unless equal)."""
+    if lr is not None and alias_value is not None and lr != alias_value:
+        raise ValueError(f"lr and {alias} are the same hyperparameter (lr is {alias}); give one, got "
+                         f"lr={lr!r} and {alias}={alias_value!r}")
+    if lr is not None:
+        return lr
+    return default if alias_value is None else alias_value
+
+
+class ConstrainedOptimizer(torch.optim.Optimizer):
+    """Base class: hyperparameters in ``defaults``, ``step()`` does one iteration.
+
+    A subclass implements ``_step(problem)`` (draw the samples, update, return the step's
+    information) and, for a one-sample method, ``_step_values(loss, constraints)`` (the same
+    update on values the caller computed); ``lr_alias`` names the paper's symbol for ``lr``.
+    """
+
+    lr_alias: str | None = None
+    values_refusal: str | None = None  # why step(loss=, constraints=) is refused (None: accepted)
+
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict], defaults: dict[str, Any], m: int | None = None,
+                 problem: Any = None):
         super().__init__(params, defaults)
         if m is not None and (not isinstance(m, int) or m < 1):
             raise ValueError(f"m (the number of constraints) must be a positive integer, got {m!r}")
         self.m = m
         self.state[ALGORITHM_STATE] = {"step": 0}
+        self.problem = problem
+        self._checked_problem: Any = None
+        if problem is not None:
+            self.check_problem(problem)
+            self._checked_problem = problem
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """torch's ``add_param_group``, with the group's own hyperparameters checked first."""
+        """torch's ``add_param_group``, with the paper's name of ``lr`` translated and the group's
+        own hyperparameters checked first."""
+        alias = self.lr_alias
+        if isinstance(param_group, dict) and alias is not None and alias in param_group:
+            param_group = dict(param_group)
+            value = param_group.pop(alias)
+            if "lr" in param_group and param_group["lr"] != value:
+                raise ValueError(f"parameter group {len(self.param_groups)}: lr and {alias} are the same "
+                                 f"hyperparameter; give one, got lr={param_group['lr']!r} and {alias}={value!r}")
+            param_group["lr"] = value
         check_group_hyperparameters(self, param_group, len(self.param_groups))
         super().add_param_group(param_group)
 
@@ -76,14 +135,67 @@ class ConstrainedOptimizer(torch.optim.Optimizer):
         super().load_state_dict(copy.deepcopy(state_dict))
 
     def check_problem(self, problem: StochasticProblem) -> None:
+        """m agrees, and the optimizer's parameters are (some of) the problem model's."""
+        name = type(self).__name__
+        if not callable(getattr(problem, "sample_objective", None)):
+            if callable(problem):
+                raise TypeError(f"{name}.step takes no closure: its update needs f and c separately. Give "
+                                f"it a problem ({name}(params, problem=hctrain.Problem(...)), then step())"
+                                + ("" if self.values_refusal else ", or the values: step(loss=f, constraints=c)"))
+            raise TypeError(f"{name}.step needs a hctrain.Problem (or StochasticProblem), got "
+                            f"{type(problem).__name__}")
         if self.m is not None and problem.m != self.m:
             raise ValueError(
-                f"{type(self).__name__} was built for m={self.m} constraints but the problem has "
-                f"m={problem.m}; build it with m=problem.m (or {type(self).__name__}.from_problem(problem))"
+                f"{name} was built for m={self.m} constraints but the problem has "
+                f"m={problem.m}; build it with m=problem.m (or {name}.from_problem(problem))"
             )
+        model_params = {id(p) for p in getattr(problem, "params", None) or ()}
+        if model_params and not any(id(p) in model_params for p in self.params):
+            raise ValueError(
+                f"{name} was built over parameters that are not the problem's model's, so a step would "
+                f"train nothing the problem evaluates: build it over that model's parameters, "
+                f"{name}(problem.model.parameters(), problem=problem) (a model copied or rebuilt after "
+                "the optimizer has new parameters)")
 
-    def step(self, problem: StochasticProblem) -> dict[str, Tensor]:  # type: ignore[override]
+    def step(self, problem: Any = None, *, loss: Tensor | None = None,  # type: ignore[override]
+             constraints: Tensor | None = None) -> dict[str, Tensor]:
+        """One iteration: on samples the algorithm draws from ``problem`` (default: the problem
+        given at construction), or, for a one-sample method, on ``loss`` and ``constraints``
+        computed by the caller on its own batch (with their graphs; one backward pass inside)."""
+        name = type(self).__name__
+        if loss is not None or constraints is not None:
+            if problem is not None:
+                raise TypeError(f"{name}.step: give a problem or loss=/constraints=, not both")
+            if self.values_refusal is not None:
+                raise ValueError(self.values_refusal)
+            if loss is None or constraints is None:
+                raise TypeError(f"{name}.step(loss=..., constraints=...) needs both the loss and the "
+                                "constraint values of this step")
+            loss = check_loss(loss, "loss")
+            constraints = check_constraint_values(constraints, self.m, "constraints")
+            return self._step_values(loss, constraints)
+        if problem is None:
+            problem = self.problem
+            if problem is None:
+                raise TypeError(
+                    f"{name}.step() needs a problem: build the optimizer with {name}(params, "
+                    f"problem=problem) and call step(), or call step(problem)"
+                    + ("" if self.values_refusal else "; or give this step's values, step(loss=f, constraints=c)"))
+        if problem is not self._checked_problem:
+            self.check_problem(problem)
+            self._checked_problem = problem
+        return self._step(problem)
+
+    def _step(self, problem: Any) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def _step_values(self, loss: Tensor, constraints: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def _set_grads(self, grads: Iterable[Tensor]) -> None:
+        """``.grad`` of each parameter: the direction the primal update used (no copy)."""
+        for p, g in zip(self.params, grads):
+            p.grad = g
 
 
 # --- validation: clear errors, raised before any state changes -------------------------------
@@ -251,11 +363,12 @@ def check_group_hyperparameters(optimizer: torch.optim.Optimizer, group: Any, in
     such as Adam's betas: pairs of them); each algorithm checks its own ranges on top of this."""
     if not isinstance(group, dict):
         return  # torch's own error for a non-dict group follows
+    alias = getattr(optimizer, "lr_alias", None)
     for key, value in group.items():
         default = optimizer.defaults.get(key)
         if key == "params" or default is None or isinstance(default, (bool, str)):
             continue
-        where = f"parameter group {index}: {key}"
+        where = f"parameter group {index}: {key}" + (f" ({alias})" if key == "lr" and alias else "")
         if isinstance(default, (int, float)):
             check_number(where, value, low=0.0)
         elif isinstance(default, tuple) and all(isinstance(d, (int, float)) for d in default):

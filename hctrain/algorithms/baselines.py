@@ -14,24 +14,35 @@ from fairret.loss import NormLoss
 from fairret.statistic import PositiveRate
 from torch import Tensor
 
-from ..problem import StochasticProblem
+from ..problem import StochasticProblem, check_loss
 from ..checks import check_integer, check_number
 from .base import (ALGORITHM_STATE, check_adam_hyperparameters, check_group_hyperparameters,
                    check_nonnegative, check_state_dict, check_values, tag_state_dict)
 
 
 class Adam(torch.optim.Adam):
-    """x_{k+1} = Adam(x_k, grad f(x_k, xi_k)), PyTorch's defaults; the constraints are ignored."""
+    """x_{k+1} = Adam(x_k, grad f(x_k, xi_k)), PyTorch's defaults; the constraints are ignored.
+
+    ``step()`` draws xi from the problem given at construction (or ``step(problem)``);
+    ``step(loss=f)`` differentiates a loss computed in the caller's loop (``constraints=`` is
+    accepted and ignored, so the call is the same as the constrained one-sample methods'); with
+    neither, ``step()`` / ``step(closure)`` is ``torch.optim.Adam.step`` on the ``.grad`` the
+    caller's backward pass left.
+    """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, m: int | None = None):
+                 eps: float = 1e-8, weight_decay: float = 0.0, m: int | None = None, *,
+                 problem: Any = None):
         lr, betas, eps = check_adam_hyperparameters(lr, betas, eps)
         weight_decay = check_nonnegative("weight_decay", weight_decay)
+        if m is None and problem is not None:
+            m = problem.m
         if m is not None:
             m = check_integer("m (the number of constraints)", m, low=1)
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         self.m = m
         self.state[ALGORITHM_STATE] = {"step": 0}
+        self.problem = problem
 
     @classmethod
     def from_problem(cls, problem: StochasticProblem, **hyper: Any) -> "Adam":
@@ -45,8 +56,24 @@ class Adam(torch.optim.Adam):
         """The scalar that Adam minimises on this step's sample."""
         return problem.objective(problem.sample_objective())
 
-    def step(self, problem: StochasticProblem) -> dict[str, Tensor]:  # type: ignore[override]
-        loss = self.objective(problem)
+    def step(self, problem: Any = None, *, loss: Tensor | None = None,  # type: ignore[override]
+             constraints: Tensor | None = None) -> Any:
+        if loss is not None:
+            if problem is not None:
+                raise TypeError(f"{type(self).__name__}.step: give a problem or loss=, not both")
+            return self._step_on(check_loss(loss, "loss"))
+        if constraints is not None:
+            raise TypeError(f"{type(self).__name__}.step(constraints=...) needs loss= as well")
+        if problem is None:
+            problem = self.problem
+        if problem is None or (callable(problem) and not hasattr(problem, "sample_objective")):
+            # torch.optim.Adam.step(closure): the caller's backward pass filled .grad
+            result = super().step(problem)
+            self.state[ALGORITHM_STATE]["step"] += 1
+            return result
+        return self._step_on(self.objective(problem))
+
+    def _step_on(self, loss: Tensor) -> dict[str, Tensor]:
         check_values(None, loss)
         params = self.params
         grads = torch.autograd.grad(loss, params)
@@ -93,8 +120,17 @@ class FairretRegularized(Adam):
             raise ValueError("FairretRegularized needs a problem with protected groups (problem.n_groups is None)")
         return cls(problem.params, m=problem.m, n_groups=problem.n_groups, **hyper)
 
+    def regularizer(self, logits: Tensor, group: Tensor) -> Tensor:
+        """w * NormLoss(logits, one-hot groups): add it to your loss in your own loop,
+        ``opt.step(loss=f + opt.regularizer(logits, group))``."""
+        sens = F.one_hot(group.long(), self.n_groups).to(logits.dtype)
+        return self.weight * self.fairret_loss(logits.reshape(-1, 1), sens)
+
     def objective(self, problem: StochasticProblem) -> Tensor:
+        if not getattr(problem, "supports_fused_forward", False):
+            raise TypeError("FairretRegularized draws batches with group codes (a StochasticProblem, "
+                            "e.g. FairnessTask.problem); in your own loop add the regularizer to the "
+                            "loss: opt.step(loss=f + opt.regularizer(logits, group))")
         batch = problem.sample_objective()
         logits = problem.forward(batch)
-        sens = F.one_hot(batch.group, self.n_groups).to(logits.dtype)
-        return problem.objective(batch, logits) + self.weight * self.fairret_loss(logits.unsqueeze(-1), sens)
+        return problem.objective(batch, logits) + self.regularizer(logits, batch.group)

@@ -11,28 +11,35 @@ sampler of its own gives zeta its own draw (``problem.sample_objective_and_const
     y_{k+1} = clip( y_k + eta * c(x_k, xi), 0, M_y )
 
 Simultaneous updates (both use x_k, y_k). The dual is clipped coordinatewise to [0, M_y].
+``lr`` is tau (the paper's name is accepted as an alias); ``step(loss=f, constraints=c)`` runs the
+same update on values computed in the caller's loop.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor
 
 from ..problem import StochasticProblem
-from .base import ConstrainedOptimizer, check_finite, check_positive
+from .base import ConstrainedOptimizer, check_finite, check_positive, resolve_lr, resolve_m
 
 
 class GDA(ConstrainedOptimizer):
     """Gradient descent on x, projected gradient ascent on y >= 0."""
 
-    def __init__(self, params: Iterable[Tensor], m: int, tau: float = 0.05, eta: float = 0.1,
-                 dual_bound: float = 100.0):
-        defaults = dict(tau=check_positive("tau", tau), eta=check_positive("eta", eta),
+    lr_alias = "tau"
+
+    def __init__(self, params: Iterable[Tensor], m: int | None = None, tau: float | None = None,
+                 eta: float = 0.1, dual_bound: float = 100.0, *, lr: float | None = None,
+                 problem: Any = None):
+        m = resolve_m("GDA", m, problem)
+        defaults = dict(lr=check_positive("lr (tau)", resolve_lr("tau", tau, lr, 0.05)),
+                        eta=check_positive("eta", eta),
                         dual_bound=check_positive("dual_bound", dual_bound))
-        super().__init__(params, defaults, m)
         if m is None:
-            raise ValueError("GDA needs m, the number of constraints")
+            raise ValueError("GDA needs m, the number of constraints, or problem=")
+        super().__init__(params, defaults, m, problem)
         like = self.params[0]
         self.algorithm_state["dual"] = torch.zeros(m, dtype=like.dtype, device=like.device)
 
@@ -40,18 +47,23 @@ class GDA(ConstrainedOptimizer):
     def dual(self) -> Tensor:
         return self.algorithm_state["dual"]
 
-    def step(self, problem: StochasticProblem) -> dict[str, Tensor]:  # type: ignore[override]
-        self.check_problem(problem)
+    def _step(self, problem: StochasticProblem) -> dict[str, Tensor]:
+        return self._step_values(*problem.sample_objective_and_constraints())
+
+    def _step_values(self, loss: Tensor, c: Tensor) -> dict[str, Tensor]:
         group = self.param_groups[0]
-        loss, c = problem.sample_objective_and_constraints()
         check_finite(self.m, loss, c)
         y = self.dual
         # grad f + J_c^T y from one backward pass seeded with (1, y): the gradient of
         # f + y . c without recording the dot product
         grads = torch.autograd.grad((loss, c), self.params, grad_outputs=(None, y.to(c.dtype)))
-        params = self.params
         with torch.no_grad():
-            torch._foreach_add_(params, grads, alpha=-group["tau"])
+            start = 0
+            for g in self.param_groups:  # each group's own lr (a scheduler may set them apart)
+                n = len(g["params"])
+                torch._foreach_add_(g["params"], grads[start:start + n], alpha=-g["lr"])
+                start += n
             y.add_(c.detach().to(y.dtype), alpha=group["eta"]).clamp_(0.0, group["dual_bound"])
+        self._set_grads(grads)
         self.algorithm_state["step"] += 1
         return {"loss": loss.detach(), "constraints": c.detach()}

@@ -72,7 +72,7 @@ quadratically in m beyond a few dozen constraints.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -80,7 +80,7 @@ from torch import Tensor
 
 from ..problem import StochasticProblem
 from .base import (ConstrainedOptimizer, check_interval, check_nonnegative, check_positive,
-                   check_values)
+                   check_values, resolve_lr, resolve_m)
 
 SOLVERS = ("dual", "clarabel")
 JACOBIANS = ("batched", "loop")
@@ -404,12 +404,28 @@ class StochasticGhost(ConstrainedOptimizer):
     :meth:`from_problem`, the problem's seed by default), ``max_level`` the
     cap on N (None: no cap), ``solver`` in {"dual", "clarabel"}, ``jacobian`` in
     {"batched", "loop"}.
+
+    ``lr`` is gamma0 (the paper's name is accepted as an alias), so a ``torch.optim.lr_scheduler``
+    scales the step gamma_k = lr / (k+1)^zeta. After a step, ``.grad`` holds -d (the update is
+    x <- x - gamma_k * grad). ``step(loss=f, constraints=c)`` is refused: the MLMC direction needs
+    1 + 2^(N+1) independent samples.
     """
 
-    def __init__(self, params: Iterable[Tensor], m: int, p: float = 0.4, tau: float = 1.0,
-                 beta: float = 10.0, rho: float = 0.8, lam: float = 0.5, gamma0: float = 0.05,
+    lr_alias = "gamma0"
+    values_refusal = (
+        "StochasticGhost needs 1 + 2^(N+1) independent samples per step (N drawn from a geometric "
+        "law: one sample for d_0, then the even and odd halves of 2^(N+1) samples for the multilevel "
+        "correction), which one (loss, constraints) pair cannot give. Let it draw them: "
+        "StochasticGhost(params, problem=hctrain.Problem(model, loss, constraints, data=loader)) and "
+        "step()")
+
+    def __init__(self, params: Iterable[Tensor], m: int | None = None, p: float = 0.4, tau: float = 1.0,
+                 beta: float = 10.0, rho: float = 0.8, lam: float = 0.5, gamma0: float | None = None,
                  zeta: float = 0.05, seed: int = 0, max_level: int | None = 6,
-                 solver: str = "dual", jacobian: str = "batched"):
+                 solver: str = "dual", jacobian: str = "batched", *, lr: float | None = None,
+                 problem: Any = None):
+        m = resolve_m("StochasticGhost", m, problem)
+        gamma0 = resolve_lr("gamma0", gamma0, lr, 0.05)
         p = check_interval("p", p, 0.0, 1.0, low_open=True)
         tau = check_positive("tau", tau)
         beta = check_positive("beta", beta)
@@ -418,7 +434,7 @@ class StochasticGhost(ConstrainedOptimizer):
             raise ValueError(f"rho must be <= beta (the kappa LP's box inside the QP's trust region, "
                              f"which keeps the QP feasible), got rho={rho!r} > beta={beta!r}")
         lam = check_interval("lam", lam, 0.0, 1.0)
-        gamma0 = check_positive("gamma0", gamma0)
+        gamma0 = check_positive("lr (gamma0)", gamma0)
         zeta = check_nonnegative("zeta", zeta)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"seed must be an integer, got {seed!r}")
@@ -431,10 +447,10 @@ class StochasticGhost(ConstrainedOptimizer):
         if jacobian not in JACOBIANS:
             raise ValueError(f"jacobian must be one of {JACOBIANS}, got {jacobian!r}")
         if m is None:
-            raise ValueError("StochasticGhost needs m, the number of constraints")
-        defaults = dict(p=p, tau=tau, beta=beta, rho=rho, lam=lam, gamma0=gamma0, zeta=zeta,
+            raise ValueError("StochasticGhost needs m, the number of constraints, or problem=")
+        defaults = dict(p=p, tau=tau, beta=beta, rho=rho, lam=lam, lr=gamma0, zeta=zeta,
                         seed=seed, max_level=max_level, solver=solver, jacobian=jacobian)
-        super().__init__(params, defaults, m)
+        super().__init__(params, defaults, m, problem)
         if len(self.param_groups) != 1:
             raise ValueError("StochasticGhost takes one parameter group: its QP couples all parameters")
         self.algorithm_state["generator"] = torch.Generator().manual_seed(seed).get_state()
@@ -479,8 +495,7 @@ class StochasticGhost(ConstrainedOptimizer):
         """The MLMC direction d_0 + (d_full - (d_odd + d_even)/2) / P(N)."""
         return d0 + (d_full - 0.5 * (d_odd + d_even)) / prob
 
-    def step(self, problem: StochasticProblem) -> dict[str, Tensor]:  # type: ignore[override]
-        self.check_problem(problem)
+    def _step(self, problem: StochasticProblem) -> dict[str, Tensor]:
         group = self.param_groups[0]
         params = self.params
         state = self.algorithm_state
@@ -490,7 +505,7 @@ class StochasticGhost(ConstrainedOptimizer):
         level = sample_level(generator, group["p"], group["max_level"])
         prob = level_probability(group["p"], level, group["max_level"])
         k = state["step"]
-        gamma = group["gamma0"] / (k + 1) ** group["zeta"]
+        gamma = group["lr"] / (k + 1) ** group["zeta"]
 
         # One sample for d_0, then 2^(N+1) samples split by parity (even = 0, 2, 4, ...).
         f0, c0 = self._draw(problem)
@@ -523,6 +538,7 @@ class StochasticGhost(ConstrainedOptimizer):
             pieces = [piece.view_as(x).to(x.dtype).to(x.device)
                       for piece, x in zip(direction.split([x.numel() for x in params]), params)]
             torch._foreach_add_(params, pieces, alpha=gamma)
+            self._set_grads(torch._foreach_neg(pieces))
         state["step"] = k + 1
         state["generator"] = generator.get_state()
         dtype = f_all.dtype

@@ -130,7 +130,7 @@ from torch.optim import optimizer as _torch_optimizer
 
 from ..problem import StochasticProblem
 from .base import (ConstrainedOptimizer, check_interval, check_nonnegative, check_positive,
-                   check_values)
+                   check_values, resolve_m)
 from .flat_adam import FlatAdamGroup
 
 # --- penalty-barrier functions, vectorised over the m-vector ---------------------------------
@@ -191,14 +191,17 @@ class SPBM(ConstrainedOptimizer):
     exponential dual averaging on lambda, a penalty schedule on p (see the module docstring).
 
     ``dual`` (lambda) and ``penalty_parameters`` (p) are m-vectors in ``algorithm_state``.
+    ``lr`` is the inner Adam's; after a step ``.grad`` holds G_k, the gradient Adam was given.
+    ``step(loss=f, constraints=c)`` runs the same update on values computed in the caller's loop.
     """
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict], m: int, lr: float = 0.01, mu: float = 1.0,
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict], m: int | None = None, lr: float = 0.01, mu: float = 1.0,
                  anchor_beta: float = 0.5, gamma: float = 0.9, K: float = 0.9, delta: float = 1.0,
                  penalty: str = "quadratic_logarithmic", schedule: str = "stabilised",
                  p_min: float = 0.1, p_max: float = 1.0, lambda_min: float = 1e-4, lambda_max: float = 100.0,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *, problem: Any = None):
         # --- validation, before anything is built ---
+        m = resolve_m("SPBM", m, problem)
         if m is None or isinstance(m, bool) or not isinstance(m, int) or m < 1:
             raise ValueError(f"SPBM needs m, the number of constraints, as a positive integer; got {m!r}")
         if penalty not in PENALTY_BARRIER_FUNCTIONS:
@@ -232,7 +235,7 @@ class SPBM(ConstrainedOptimizer):
         self._constants: dict[tuple, Tensor] = {}  # see _const (before super().__init__: add_param_group)
         self._adam_state_complete = False  # see _fused_adam_ready
         self._flat: dict[int, FlatAdamGroup | None] = {}  # see _flat_group
-        super().__init__(params, defaults, m)
+        super().__init__(params, defaults, m, problem)
 
         first = self.params[0]
         dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
@@ -421,6 +424,17 @@ class SPBM(ConstrainedOptimizer):
                 self._foreach_adam_step(group, g, self.algorithm_state["anchor"][start:start + n])
             start += n
 
+    def _set_flat_grads(self, grads: list[Tensor]) -> None:
+        """``.grad`` after a flat step: G_k (with the Moreau term) where a flat buffer holds it."""
+        start = 0
+        for index, group in enumerate(self.param_groups):
+            n = len(group["params"])
+            flat = self._flat.get(index)
+            views = flat.grad_views if flat is not None else grads[start:start + n]
+            for p, g in zip(group["params"], views):
+                p.grad = g
+            start += n
+
     def _flat_group(self, index: int, params: list[Tensor], first: int) -> FlatAdamGroup | None:
         """The flat buffers of group ``index``, (re)built when missing or stale; None when the group
         cannot be flattened (mixed dtypes or devices, different step counts). That verdict is kept
@@ -478,8 +492,6 @@ class SPBM(ConstrainedOptimizer):
         for p, g in zip(params, grads):
             p.grad = g
         self._adam.step()
-        for p in params:
-            p.grad = None
         start = 0
         for group in self.param_groups:  # z <- z + beta (x_{k+1} - z)
             n = len(group["params"])
@@ -487,10 +499,11 @@ class SPBM(ConstrainedOptimizer):
                 torch._foreach_lerp_(anchors[start:start + n], group["params"], group["anchor_beta"])
             start += n
 
-    def step(self, problem: StochasticProblem) -> dict[str, Tensor]:  # type: ignore[override]
+    def _step(self, problem: StochasticProblem) -> dict[str, Tensor]:
         """One SPBM iteration; returns the sampled loss f(x_k, xi_k) and constraints c(x_k, zeta_k)."""
-        self.check_problem(problem)
-        loss, c = self._sample(problem)
+        return self._step_values(*self._sample(problem))
+
+    def _step_values(self, loss: Tensor, c: Tensor) -> dict[str, Tensor]:
         if c.dim() != 1 or c.numel() != self.m:
             check_values(self.m, None, c)  # raises, naming the shape
         c_d = c.detach()
@@ -529,6 +542,7 @@ class SPBM(ConstrainedOptimizer):
             self._sync_adam()
             if self._fused_adam_ready():
                 self._fused_adam_step(grads)
+                self._set_flat_grads(grads)
             else:
                 self._torch_adam_step(grads)
             self._update_duals(lam, t, dphi, hp)

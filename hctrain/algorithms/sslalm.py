@@ -80,27 +80,29 @@ and reset counters in ``algorithm_state``; the weight anchor z^x in ``self.state
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor
 
 from ..problem import StochasticProblem
 from .base import (ConstrainedOptimizer, check_interval, check_nonnegative, check_positive,
-                   check_finite)
+                   check_finite, resolve_lr, resolve_m)
 
 DUAL_SAFEGUARDS = ("reset", "clip")
 
 
 def _check_common(m: int, rho: float, tau: float, eta: float, dual_bound: float,
                   dual_safeguard: str, two_samples: bool) -> dict:
+    if m is None:
+        raise ValueError("SSL-ALM needs m, the number of constraints, or problem=")
     if not isinstance(m, int) or isinstance(m, bool) or m < 1:
         raise ValueError(f"m (the number of constraints) must be a positive integer, got {m!r}")
     if dual_safeguard not in DUAL_SAFEGUARDS:
         raise ValueError(f"dual_safeguard must be one of {DUAL_SAFEGUARDS}, got {dual_safeguard!r}")
     if not isinstance(two_samples, bool):
         raise ValueError(f"two_samples must be True or False, got {two_samples!r}")
-    return dict(rho=check_nonnegative("rho", rho), tau=check_positive("tau", tau),
+    return dict(rho=check_nonnegative("rho", rho), lr=check_positive("lr (tau)", tau),
                 eta=check_positive("eta", eta), dual_bound=check_positive("dual_bound", dual_bound),
                 dual_safeguard=dual_safeguard, two_samples=two_samples)
 
@@ -110,17 +112,24 @@ class SSLALM(ConstrainedOptimizer):
 
     Defaults are the paper's ACSIncome values (mu=2, rho=1, tau=0.05, eta=0.1, beta=0.5,
     M_y=100) with the reference code's reset safeguard and two independent constraint samples.
+    ``lr`` is tau (the paper's name is accepted as an alias). ``step(loss=f, constraints=c)`` is
+    refused while ``two_samples`` is on: zeta_2 must be a second, independent constraint sample.
     """
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict], m: int, mu: float = 2.0,
-                 rho: float = 1.0, tau: float = 0.05, eta: float = 0.1, beta: float = 0.5,
-                 dual_bound: float = 100.0, dual_safeguard: str = "reset", two_samples: bool = True):
-        defaults = _check_common(m, rho, tau, eta, dual_bound, dual_safeguard, two_samples)
+    lr_alias = "tau"
+
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict], m: int | None = None, mu: float = 2.0,
+                 rho: float = 1.0, tau: float | None = None, eta: float = 0.1, beta: float = 0.5,
+                 dual_bound: float = 100.0, dual_safeguard: str = "reset", two_samples: bool = True,
+                 *, lr: float | None = None, problem: Any = None):
+        m = resolve_m(type(self).__name__, m, problem)
+        defaults = _check_common(m, rho, resolve_lr("tau", tau, lr, 0.05), eta, dual_bound,
+                                 dual_safeguard, two_samples)
         defaults["mu"] = check_nonnegative("mu", mu)
         defaults["beta"] = check_interval("beta", beta, 0.0, 1.0, low_open=True)
-        super().__init__(params, defaults, m)
+        super().__init__(params, defaults, m, problem)
         for group in self.param_groups:  # per-group overrides are validated too
-            check_positive("tau", group["tau"])
+            check_positive("lr (tau)", group["lr"])
             check_nonnegative("mu", group["mu"])
             check_interval("beta", group["beta"], 0.0, 1.0, low_open=True)
         params = self.params
@@ -169,11 +178,27 @@ class SSLALM(ConstrainedOptimizer):
             c2 = c1.detach()
         return loss, c1, c2
 
-    def step(self, problem: StochasticProblem) -> dict[str, Tensor]:  # type: ignore[override]
-        self.check_problem(problem)
+    @property
+    def values_refusal(self) -> str | None:  # type: ignore[override]
+        if not self.param_groups[0]["two_samples"]:
+            return None
+        name = type(self).__name__
+        return (f"{name} needs two independent constraint samples per step, zeta_1 (the dual step and "
+                "the Jacobian) and zeta_2 (the penalty's value; E[J(zeta_1)^T c(zeta_2)] = J_C^T C "
+                "only when they are independent), which one (loss, constraints) pair cannot give. Let "
+                f"it draw them: {name}(params, problem=hctrain.Problem(model, loss, constraints, "
+                "data=loader)) and step(); or use the one-sample form of the method, LinearizedALM or "
+                f"{name}(two_samples=False), which accepts step(loss=f, constraints=c)")
+
+    def _step(self, problem: StochasticProblem) -> dict[str, Tensor]:
+        return self._update(*self._constraint_samples(problem, self.param_groups[0]["two_samples"]))
+
+    def _step_values(self, loss: Tensor, c: Tensor) -> dict[str, Tensor]:
+        return self._update(loss, c, c.detach())
+
+    def _update(self, loss: Tensor, c1: Tensor, c2: Tensor) -> dict[str, Tensor]:
         g0 = self.param_groups[0]
         eta, rho, bound = g0["eta"], g0["rho"], g0["dual_bound"]
-        loss, c1, c2 = self._constraint_samples(problem, g0["two_samples"])
         if g0["two_samples"]:
             check_finite(self.m, loss, c1, c2)
         else:
@@ -208,7 +233,7 @@ class SSLALM(ConstrainedOptimizer):
                 ps = group["params"]
                 gs = list(grads[start:start + len(ps)])
                 start += len(ps)
-                tau, mu, beta = group["tau"], group["mu"], group["beta"]
+                tau, mu, beta = group["lr"], group["mu"], group["beta"]
                 if mu > 0:
                     zs_x = [self.state[p]["anchor"] for p in ps]
                     diff = torch._foreach_sub(ps, zs_x)          # x_k - z_k
@@ -216,13 +241,14 @@ class SSLALM(ConstrainedOptimizer):
                     torch._foreach_add_(zs_x, diff, alpha=beta)  # z_{k+1}
                 torch._foreach_add_(ps, gs, alpha=-tau)          # x_{k+1} (X = R^n in x)
             # slack: G_s = b_k + mu (s_k - z^s_k); s_{k+1} = max(s_k - tau G_s, 0)
-            tau, mu, beta = g0["tau"], g0["mu"], g0["beta"]
+            tau, mu, beta = g0["lr"], g0["mu"], g0["beta"]
             g_s = bracket
             if mu > 0:
                 diff_s = s - zs
                 g_s.add_(diff_s, alpha=mu)
                 zs.add_(diff_s, alpha=beta)
             s.add_(g_s, alpha=-tau).clamp_(min=0.0)
+        self._set_grads(grads)
         state["step"] += 1
         return {"loss": loss.detach(), "constraints": c1.detach()}
 
@@ -241,9 +267,10 @@ class LinearizedALM(SSLALM):
     rho E[J^T c] = rho (J_C^T C + Cov) is biased, and the limit point moves.
     """
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict], m: int, rho: float = 1.0,
-                 tau: float = 0.05, eta: float = 0.1, dual_bound: float = 100.0,
-                 dual_safeguard: str = "reset", two_samples: bool = False):
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict], m: int | None = None, rho: float = 1.0,
+                 tau: float | None = None, eta: float = 0.1, dual_bound: float = 100.0,
+                 dual_safeguard: str = "reset", two_samples: bool = False, *,
+                 lr: float | None = None, problem: Any = None):
         super().__init__(params, m, mu=0.0, rho=rho, tau=tau, eta=eta, beta=1.0,
                          dual_bound=dual_bound, dual_safeguard=dual_safeguard,
-                         two_samples=two_samples)
+                         two_samples=two_samples, lr=lr, problem=problem)

@@ -69,13 +69,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import Tensor
 
 from ..problem import Batch, StochasticProblem
-from .base import ConstrainedOptimizer, check_finite, check_nonnegative, check_positive, check_values
+from .base import (ConstrainedOptimizer, check_finite, check_nonnegative, check_positive, check_values,
+                   resolve_lr, resolve_m)
 
 SCHEDULES = ("paper", "constant", "sqrt")
 STEP_SCHEDULES = ("constant", "sqrt")
@@ -112,7 +113,9 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
 class SwitchingSubgradient(ConstrainedOptimizer):
     """Stochastic switching subgradient (Huang & Lin 2023); see the module docstring.
 
-    Parameters: ``eta_f``, ``eta_c`` objective / constraint step sizes (paper: 0.01 each);
+    Parameters: ``eta_f``, ``eta_c`` objective / constraint step sizes (paper: 0.01 each; ``lr``
+    is eta_f, so a ``torch.optim.lr_scheduler`` schedules the objective steps, and ``eta_c`` is
+    its own key of each parameter group);
     ``eps`` the first tolerance eps_1 (paper: 0.1); ``schedule`` "paper" | "constant" | "sqrt";
     ``n_switch_samples`` J (default 1); ``seed`` of the output's random choice (through :meth:`from_problem`, the problem's seed by default);
     ``step_schedule`` "constant" | "sqrt"; ``output_start`` S (burn-in of the random output);
@@ -126,12 +129,26 @@ class SwitchingSubgradient(ConstrainedOptimizer):
     Outputs: the model's parameters are the last iterate; :meth:`output_parameters` returns the
     random output, :meth:`load_output_into` copies it into the parameters, and
     :meth:`swapped_output` does so temporarily (``with algo.swapped_output(): evaluate(model)``).
+
+    ``step(loss=f, constraints=c)`` is refused: the switching test needs its own sample, and
+    which sample the step needs depends on the test.
     """
 
-    def __init__(self, params: Iterable[Tensor], m: int, eta_f: float = 0.01, eta_c: float = 0.01,
-                 eps: float = 0.1, schedule: str = "paper", n_switch_samples: int = 1,
-                 seed: int = 0, *, step_schedule: str = "constant", output_start: int = 0,
-                 fuse_switching_forward: bool = False):
+    lr_alias = "eta_f"
+    values_refusal = (
+        "SwitchingSubgradient needs, per step, a switching sample (the test max_i c_i(x, zeta) <= "
+        "eps_k on a batch of its own) and then a fresh objective or constraint sample for the step, "
+        "whichever the test chose, which one (loss, constraints) pair computed before the step cannot "
+        "give. Let it draw them: SwitchingSubgradient(params, problem=hctrain.Problem(model, loss, "
+        "constraints, data=loader)) and step()")
+
+    def __init__(self, params: Iterable[Tensor], m: int | None = None, eta_f: float | None = None,
+                 eta_c: float = 0.01, eps: float = 0.1, schedule: str = "paper",
+                 n_switch_samples: int = 1, seed: int = 0, *, step_schedule: str = "constant",
+                 output_start: int = 0, fuse_switching_forward: bool = False,
+                 lr: float | None = None, problem: Any = None):
+        m = resolve_m("SwitchingSubgradient", m, problem)
+        eta_f = resolve_lr("eta_f", eta_f, lr, 0.01)
         if not isinstance(n_switch_samples, int) or isinstance(n_switch_samples, bool) or n_switch_samples < 1:
             raise ValueError(f"n_switch_samples (J) must be an integer >= 1, got {n_switch_samples!r}")
         if not isinstance(seed, int) or isinstance(seed, bool):
@@ -141,9 +158,9 @@ class SwitchingSubgradient(ConstrainedOptimizer):
         if not isinstance(fuse_switching_forward, bool):
             raise ValueError(f"fuse_switching_forward must be a bool, got {fuse_switching_forward!r}")
         if m is None:
-            raise ValueError("SwitchingSubgradient needs m, the number of constraints")
+            raise ValueError("SwitchingSubgradient needs m, the number of constraints, or problem=")
         defaults = dict(
-            eta_f=check_positive("eta_f", eta_f),
+            lr=check_positive("lr (eta_f)", eta_f),
             eta_c=check_positive("eta_c", eta_c),
             eps=check_nonnegative("eps", eps),
             schedule=_check_choice("schedule", schedule, SCHEDULES),
@@ -153,9 +170,9 @@ class SwitchingSubgradient(ConstrainedOptimizer):
             output_start=output_start,
             fuse_switching_forward=fuse_switching_forward,
         )
-        super().__init__(params, defaults, m)
+        super().__init__(params, defaults, m, problem)
         for group in self.param_groups:  # per-group overrides must be valid too
-            check_positive("eta_f", group["eta_f"])
+            check_positive("lr (eta_f)", group["lr"])
             check_positive("eta_c", group["eta_c"])
         state = self.algorithm_state
         state["eps"] = float(defaults["eps"])
@@ -214,6 +231,10 @@ class SwitchingSubgradient(ConstrainedOptimizer):
         batches = [problem.sample_constraints() for _ in range(J)]
         with torch.no_grad():
             if J > 1 and hyper["fuse_switching_forward"]:
+                if not getattr(problem, "supports_fused_forward", False):
+                    raise ValueError("fuse_switching_forward=True needs a problem whose batches can be "
+                                     "concatenated into one forward pass (StochasticProblem); with "
+                                     "functions of (model, batch) use fuse_switching_forward=False")
                 values = self._fused_constraints(problem, batches)
             else:
                 values = [problem.constraints(b) for b in batches]
@@ -247,8 +268,7 @@ class SwitchingSubgradient(ConstrainedOptimizer):
         """The switching test: an objective step when max_i cbar_i <= eps_k."""
         return bool(switch_value <= eps_k)
 
-    def step(self, problem: StochasticProblem) -> dict[str, Tensor]:  # type: ignore[override]
-        self.check_problem(problem)
+    def _step(self, problem: StochasticProblem) -> dict[str, Tensor]:
         state, hyper = self.algorithm_state, self.hyper
         k = state["step"] + 1
         eps_k = state["eps"]
@@ -277,7 +297,8 @@ class SwitchingSubgradient(ConstrainedOptimizer):
         # Nothing has changed so far; from here on the iteration is committed.
         if objective_step:
             self._reservoir(k)  # keeps x_k (before its update) if the reservoir picks it
-        self._update(grads, "eta_f" if objective_step else "eta_c", k)
+        self._update(grads, "lr" if objective_step else "eta_c", k)
+        self._set_grads(grads)
         state["objective_steps" if objective_step else "constraint_steps"] += 1
         state["step"] = k
         state["eps"] = _next_tolerance(hyper["schedule"], hyper["eps"], eps_k, k + 1)
@@ -291,7 +312,7 @@ class SwitchingSubgradient(ConstrainedOptimizer):
         }
 
     def _update(self, grads: tuple[Tensor, ...], rate: str, k: int) -> None:
-        """x <- x - eta_k * grad, eta = the group's ``rate`` ("eta_f" or "eta_c") at iteration k."""
+        """x <- x - eta_k * grad, eta = the group's ``rate`` ("lr", i.e. eta_f, or "eta_c") at iteration k."""
         step_schedule = self.hyper["step_schedule"]
         with torch.no_grad():
             start = 0
@@ -306,7 +327,7 @@ class SwitchingSubgradient(ConstrainedOptimizer):
         state, hyper = self.algorithm_state, self.hyper
         if k <= hyper["output_start"]:
             return
-        weight = _step_size(hyper["step_schedule"], hyper["eta_f"], k)
+        weight = _step_size(hyper["step_schedule"], hyper["lr"], k)
         state["output_weight"] += weight
         u = torch.rand((), generator=self._generator, dtype=torch.float64).item()
         if u * state["output_weight"] < weight:  # P = weight / W (always for the first one)
