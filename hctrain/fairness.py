@@ -24,7 +24,8 @@ gets S_g = 0/0 = NaN, as the plain formula does.
 """
 from __future__ import annotations
 
-from typing import Literal
+import inspect
+from typing import Literal, Sequence
 
 import torch
 from fairret.statistic import LinearFractionalStatistic, PositiveRate
@@ -182,6 +183,63 @@ class GroupFairnessConstraints:
         if self._fused(sens, stat_args, logits):
             return _PositiveRateConstraints.apply(logits, sens, self, True)
         return self(torch.sigmoid(logits), sens, *stat_args)
+
+
+SHORT_NAMES = {"PositiveRate": "PR", "TruePositiveRate": "TPR", "FalsePositiveRate": "FPR",
+               "PositivePredictiveValue": "PPV", "FalseOmissionRate": "FOR", "Accuracy": "accuracy"}
+
+
+def needs_labels(statistic: LinearFractionalStatistic) -> bool:
+    """Whether a fairret statistic takes the labels (TruePositiveRate, FalsePositiveRate,
+    PositivePredictiveValue, Accuracy, ...: their coefficients are functions of the label) or
+    not (PositiveRate)."""
+    return len(inspect.signature(statistic.num_slope).parameters) > 0
+
+
+def statistic_name(statistic: LinearFractionalStatistic) -> str:
+    name = type(statistic).__name__
+    return SHORT_NAMES.get(name, name)
+
+
+class StackedFairnessConstraints:
+    """The constraints of several statistics on the same groups, one block after the other
+    (equalized odds: TruePositiveRate and FalsePositiveRate, m = 2G one-vs-overall). Each block
+    is a :class:`GroupFairnessConstraints`; its constraints are named ``"<statistic> <name>"``."""
+
+    def __init__(self, group_names: list[str], bound: float, kind: ConstraintKind,
+                 statistics: Sequence[LinearFractionalStatistic]):
+        self.parts = [GroupFairnessConstraints(group_names, bound, kind, s) for s in statistics]
+        self.group_names = list(group_names)
+        self.kind = kind
+        self.names = [f"{statistic_name(part.statistic)} {name}" for part in self.parts for name in part.names]
+        self.m = len(self.names)
+
+    @property
+    def statistics(self) -> list[LinearFractionalStatistic]:
+        return [part.statistic for part in self.parts]
+
+    @property
+    def bound(self) -> float:
+        return self.parts[0].bound
+
+    @bound.setter
+    def bound(self, value: float) -> None:
+        for part in self.parts:
+            part.bound = value
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.group_names)
+
+    def from_logits(self, logits: Tensor, sens: Tensor, *labels: Tensor) -> Tensor:
+        """Every block's constraints of ``sigmoid(logits)``, concatenated; ``labels`` go to the
+        statistics that take them."""
+        return torch.cat([part.from_logits(logits, sens, *(labels if needs_labels(part.statistic) else ()))
+                          for part in self.parts])
+
+    def __call__(self, probs: Tensor, sens: Tensor, *labels: Tensor) -> Tensor:
+        return torch.cat([part(probs, sens, *(labels if needs_labels(part.statistic) else ()))
+                          for part in self.parts])
 
 
 _SIGMOID_BACKWARD = torch.ops.aten.sigmoid_backward.default  # autograd's own sigmoid backward

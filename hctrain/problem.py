@@ -236,8 +236,10 @@ class Problem:
     At construction both functions are evaluated once on one batch (the sources are rewound, the
     model's buffers and the random generators restored), which finds m and turns the usual
     mistakes into errors that name the fix: a loss that is not a scalar, constraints given as a
-    list or a float, a constraint with no gradient path to the parameters, data whose dtype or
-    device is not the model's.
+    list or a float, a constraint with no gradient path to the parameters (or a gradient that is
+    zero in every parameter, as from thresholded predictions; ``check_gradients=False`` skips this
+    check for a constraint whose gradient only vanishes at the initial point), data whose dtype
+    or device is not the model's.
 
     ``state_dict()`` holds the sources' positions and random states, so that a resumed run draws
     the batches the uninterrupted run would have drawn.
@@ -258,6 +260,7 @@ class Problem:
         constraint_names: list[str] | None = None,
         seed: int | None = None,
         n_groups: int | None = None,
+        check_gradients: bool = True,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -281,6 +284,7 @@ class Problem:
             raise ValueError("the model has no parameters that require grad: there is nothing to train")
         self.n_groups = n_groups
         self.m = None if m is None else int(m)
+        self._check_gradients = bool(check_gradients)
         self.m = self._probe(m)
         if constraint_names is not None and len(constraint_names) != self.m:
             raise ValueError(f"{len(constraint_names)} constraint_names for m={self.m} constraints")
@@ -372,7 +376,8 @@ class Problem:
             if f is not None:
                 self._checked_loss(f)
             c = self._checked_constraints(c)
-            self._check_each_constraint_has_a_gradient(c)
+            if self._check_gradients:
+                self._check_each_constraint_has_a_gradient(c)
         with torch.no_grad():
             for b, saved in zip(self.model.buffers(), buffers):
                 b.copy_(saved)
@@ -382,15 +387,18 @@ class Problem:
         return int(c.numel())
 
     def _check_each_constraint_has_a_gradient(self, c: Tensor, limit: int = 64) -> None:
-        """Constraint i with no autograd path to any parameter (e.g. one detached entry of a
-        stack) would be ignored by every algorithm: an error, checked for the first ``limit``."""
+        """Constraint i whose gradient is None or exactly zero in every parameter at the first
+        batch (computed from thresholded predictions, detached, or from the data only) would be
+        ignored by every algorithm: an error, checked for the first ``limit`` constraints. A
+        constraint whose gradient merely happens to vanish at the initial point can pass
+        ``check_gradients=False``."""
         for i in range(min(c.numel(), limit)):
-            if not c[i].requires_grad:
-                raise ValueError(f"constraint {i} has no gradient path to the model's parameters")
             grads = torch.autograd.grad(c[i], self.params, retain_graph=True, allow_unused=True)
-            if all(g is None for g in grads):
+            if all(g is None or not bool(g.any()) for g in grads):
                 raise ValueError(
-                    f"constraint {i} (of {c.numel()}) does not depend on the model's parameters (no "
-                    "gradient path: computed from the data only, detached, or thresholded), so no "
-                    "algorithm could satisfy it by training: compute it from the model's outputs or "
-                    "parameters")
+                    f"constraint {i} (of {c.numel()}) does not depend on the model's parameters: its "
+                    "gradient is zero in every parameter on the first batch (computed from thresholded "
+                    "predictions, detached, or from the data only), so no algorithm could satisfy it by "
+                    "training: compute it from the model's differentiable outputs (probabilities, not "
+                    "labels) or parameters; if the gradient only vanishes at the initial point, pass "
+                    "check_gradients=False")

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from .checks import check_bool, check_integer, check_number, check_output_file, check_seed, SEED_MAX
 from .problem import StochasticProblem
-from .task import FairnessTask
+from .task import Task
 
 COLUMNS = ["algorithm", "run", "seed", "step", "time_s", "split", "metric", "value"]
 DEFAULT_BUDGET_S = 60.0
@@ -71,7 +71,7 @@ class RecordsNotSavedError(OSError):
 
 
 def run(
-    task: FairnessTask,
+    task: Task,
     algorithm: type | AlgorithmFactory,
     *,
     hyper: dict[str, Any] | None = None,
@@ -91,6 +91,10 @@ def run(
 ) -> pd.DataFrame:
     """Run ``algorithm`` ``n_runs`` times on ``task``; return the tidy records.
 
+    ``task`` is anything with ``problem(seed)`` and ``evaluate(model)`` (the protocol
+    :class:`hctrain.task.Task`): a :class:`~hctrain.task.FairnessTask`, a
+    :class:`~hctrain.task.ProblemTask` over a problem of your own, or a class of your own.
+
     ``algorithm`` is an algorithm class (built with ``cls.from_problem(problem, **hyper)``) or a
     callable ``problem -> algorithm``. Run ``r`` uses seed ``seed + r`` for the model's
     initialisation and its batches.
@@ -109,11 +113,16 @@ def run(
     ``$HCTRAIN_DASK_SCHEDULER``). ``progress``: a bar over runs; by default shown unless
     ``$HCTRAIN_PROGRESS`` is ``0``. Errors: see the module docstring.
     """
+    if callable(getattr(task, "sample_objective", None)):
+        raise TypeError(
+            f"run takes a task, not a problem ({type(task).__name__}): a problem has no evaluation and "
+            "no way to build a fresh model per seed. Wrap it: hctrain.task.ProblemTask(build=lambda seed: "
+            "<your Problem>, splits={'train': ..., 'validation': ..., 'test': ...}); or train it in your "
+            "own loop with algorithm(model.parameters(), problem=problem).step()")
     if not (callable(getattr(task, "problem", None)) and callable(getattr(task, "evaluate", None))):
         raise TypeError(
-            f"task must provide problem(seed, separate_constraint_sampler=...) and evaluate(model), "
-            f"as hctrain.task.FairnessTask does; got {type(task).__name__}. A bare StochasticProblem "
-            "has no evaluation: wrap your data in a task, or call algorithm.step(problem) in your own loop")
+            f"task must provide problem(seed) and evaluate(model) (the protocol hctrain.task.Task), as "
+            f"hctrain.task.FairnessTask and ProblemTask do; got {type(task).__name__}")
     if hyper is not None and not (isinstance(hyper, dict) and all(isinstance(k, str) for k in hyper)):
         raise TypeError(f"hyper must be a dict of hyperparameter names to values, got {hyper!r}")
     n_runs = check_integer("n_runs", n_runs, low=1)
@@ -138,7 +147,7 @@ def run(
         path = check_output_file("path", path)
 
     factory = _factory(algorithm, hyper or {})
-    factory(task.problem(seed, separate_constraint_sampler=separate_constraint_sampler))  # bad hyperparameters fail here, before any run
+    factory(_problem(task, seed, separate_constraint_sampler))  # bad hyperparameters fail here, before any run
     label = name or getattr(algorithm, "__name__", type(algorithm).__name__)
     settings = dict(**budgets, threads=threads, separate_constraint_sampler=separate_constraint_sampler)
     jobs = [(r, seed + r) for r in range(n_runs)]
@@ -236,7 +245,7 @@ def _execute(task, factory, label, jobs, settings, n_jobs, scheduler=None) -> It
 
 
 def single_run(
-    task: FairnessTask,
+    task: Task,
     factory: AlgorithmFactory,
     label: str,
     run_index: int,
@@ -251,7 +260,7 @@ def single_run(
 ) -> pd.DataFrame:
     """One seeded run; returns its tidy records."""
     with _threads(threads):
-        problem = task.problem(seed, separate_constraint_sampler=separate_constraint_sampler)
+        problem = _problem(task, seed, separate_constraint_sampler)
         algo = factory(problem)
         rows: list[tuple] = []
 
@@ -285,6 +294,14 @@ def single_run(
             elapsed += time.perf_counter() - start
             record(step, elapsed)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _problem(task: Task, seed: int, separate_constraint_sampler: bool) -> Any:
+    """``task.problem(seed)``, asking for a separate constraint sampler only when one is wanted
+    (a task of one's own need not know the keyword)."""
+    if separate_constraint_sampler:
+        return task.problem(seed, separate_constraint_sampler=True)
+    return task.problem(seed)
 
 
 @contextmanager

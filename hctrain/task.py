@@ -1,20 +1,103 @@
-"""A fairness task: data, constraints, model and batches, ready to hand to an algorithm."""
+"""Tasks: what :func:`hctrain.runner.run` trains and evaluates.
+
+A *task* is anything with the two methods of :class:`Task`: ``problem(seed)`` builds a fresh
+problem (a new model initialised from ``seed``, data sources seeded from it) and
+``evaluate(model)`` returns ``{(split, metric): value}`` on named splits (``"train"``,
+``"validation"``, ``"test"``, ...). :class:`FairnessTask` is the book's; :class:`ProblemTask`
+turns any :class:`~hctrain.problem.Problem` factory and a few evaluation sets into a task.
+"""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from fairret.statistic import LinearFractionalStatistic
 from torch import Tensor, nn
 
-from .checks import check_integer, check_seed
+from .checks import check_integer, check_number, check_seed
 from .data import BalancedGroupSampler, FairnessData
-from .fairness import ConstraintKind, GroupFairnessConstraints
+from .fairness import (ConstraintKind, GroupFairnessConstraints, StackedFairnessConstraints, needs_labels,
+                       statistic_name)
 from .models import paper_mlp
 from .problem import Batch, StochasticProblem, TensorSampler
 
 SPLITS = ("train", "test")
+
+
+@runtime_checkable
+class Task(Protocol):
+    """The protocol :func:`hctrain.runner.run` needs.
+
+    ``problem(seed)`` returns a fresh problem: a new model initialised from ``seed`` and data
+    sources seeded from it, so that run r with seed ``seed + r`` is reproducible. The runner asks
+    for ``problem(seed, separate_constraint_sampler=True)`` only when it is called with
+    ``separate_constraint_sampler=True``.
+
+    ``evaluate(model)`` returns ``{(split, metric): value}``: for each named split (the data the
+    task holds out: ``"train"``, ``"validation"``, ``"test"``) the loss under ``"loss"`` and each
+    constraint value under ``constraint_metric(name)`` (``"c[<name>]"``), plus any other metric.
+    It is called with the clock paused; it must not change the model.
+    """
+
+    def problem(self, seed: int) -> Any: ...
+
+    def evaluate(self, model: nn.Module) -> dict[tuple[str, str], float]: ...
+
+
+class ProblemTask:
+    """A task from a problem factory and evaluation sets.
+
+    ``build(seed)`` returns a fresh :class:`~hctrain.problem.Problem` (build the model after
+    ``torch.manual_seed(seed)`` and give the Problem ``seed=seed``); ``splits`` maps split names
+    to full evaluation batches, in the form the problem's ``loss(model, batch)`` and
+    ``constraints(model, batch)`` take (e.g. ``{"train": (x, y), "validation": ..., "test": ...}``);
+    ``metrics`` adds named functions ``metric(model, batch) -> float``. ``evaluate(model)`` reports
+    the loss, every constraint value (under ``c[<name>]``) and every metric on every split, in
+    eval mode and without gradients.
+    """
+
+    def __init__(self, build: Callable[[int], Any], splits: Mapping[str, Any],
+                 metrics: Mapping[str, Callable[[nn.Module, Any], float]] | None = None):
+        if not callable(build):
+            raise TypeError(f"build must be a function seed -> hctrain.Problem, got {build!r}")
+        if not isinstance(splits, Mapping) or not splits or not all(isinstance(k, str) for k in splits):
+            raise TypeError("splits must be a non-empty dict of split names (e.g. 'train', 'validation', "
+                            f"'test') to evaluation batches, got {splits!r}")
+        self.build = build
+        self.splits = dict(splits)
+        self.metrics = dict(metrics or {})
+        self._template = build(0)  # checks the factory once, and names the constraints
+        self.m = self._template.m
+        self.constraint_names = list(self._template.constraint_names)
+
+    def problem(self, seed: int = 0, separate_constraint_sampler: bool = False) -> Any:
+        if separate_constraint_sampler:
+            raise ValueError("a ProblemTask's problems take their sources from build(seed); give the "
+                             "Problem constraint_data= there instead of separate_constraint_sampler=True")
+        problem = self.build(seed)
+        if not callable(getattr(problem, "sample_objective", None)):
+            raise TypeError(f"build(seed) must return a hctrain.Problem, got {type(problem).__name__}")
+        problem.seed = seed
+        return problem
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[tuple[str, str], float]:
+        problem = self._template
+        was_training = model.training
+        model.eval()
+        out: dict[tuple[str, str], float] = {}
+        try:
+            for split, batch in self.splits.items():
+                out[(split, "loss")] = float(problem.loss_fn(model, batch))
+                values = torch.as_tensor(problem.constraint_fn(model, batch)).reshape(-1).tolist()
+                for name, value in zip(self.constraint_names, values):
+                    out[(split, constraint_metric(name))] = value
+                for metric, fn in self.metrics.items():
+                    out[(split, metric)] = float(fn(model, batch))
+        finally:
+            model.train(was_training)
+        return out
 
 
 class FairnessTask:
@@ -23,6 +106,14 @@ class FairnessTask:
     ``problem(seed)`` builds a fresh :class:`StochasticProblem` (new model initialised from
     ``seed``, balanced batches of ``batch_per_group`` rows per group); ``evaluate(model)``
     computes loss, accuracy and every constraint on the full train and test sets.
+
+    ``statistic`` is a fairret linear-fractional statistic, or a list of them, whose group values
+    are constrained: ``PositiveRate()`` (the default: independence, demographic parity),
+    ``TruePositiveRate()`` (equal opportunity), ``[TruePositiveRate(), FalsePositiveRate()]``
+    (equalized odds, m = 2G), ``PositivePredictiveValue()``, ``Accuracy()``. Statistics that
+    take labels get the batch's labels. Each is evaluated on the training set when the task is
+    built, so that a statistic undefined for some group (a group without positive labels, for
+    the true positive rate) is an error now, naming the group, not in the middle of a run.
     """
 
     def __init__(
@@ -32,7 +123,9 @@ class FairnessTask:
         constraint: ConstraintKind = "one_vs_overall",
         batch_per_group: int = 32,
         model_fn: Callable[[int], nn.Module] = paper_mlp,
-        statistic: LinearFractionalStatistic | None = None,
+        statistic: LinearFractionalStatistic | Sequence[LinearFractionalStatistic] | None = None,
+        validation_size: float = 0.0,
+        validation_seed: int = 0,
     ):
         if not isinstance(data, FairnessData):
             raise TypeError(f"data must be a FairnessData (from hctrain.data.load_acsincome or "
@@ -40,15 +133,24 @@ class FairnessTask:
         batch_per_group = check_integer("batch_per_group", batch_per_group, low=1, fix="; e.g. 32")
         if not callable(model_fn):
             raise TypeError(f"model_fn must be a callable n_features -> torch.nn.Module, got {model_fn!r}")
-        if statistic is not None and not isinstance(statistic, LinearFractionalStatistic):
-            raise TypeError(f"statistic must be a fairret LinearFractionalStatistic instance (e.g. "
-                            f"fairret.statistic.PositiveRate()), got {statistic!r}")
+        statistics = _check_statistics(statistic)
+        validation_size = check_number("validation_size", validation_size, low=0.0, high=1.0, high_open=True,
+                                       fix="; e.g. 0.2 (a share of the training rows), or 0 for none")
         self.data = data
-        self.constraints = GroupFairnessConstraints(data.group_names, bound, constraint, statistic)
+        self.validation_size = validation_size
+        self._rows = _splits(data, validation_size, check_seed("validation_seed", validation_seed))
+        self.splits = tuple(self._rows)
+        if len(statistics) == 1:
+            self.constraints = GroupFairnessConstraints(data.group_names, bound, constraint, statistics[0])
+        else:
+            self.constraints = StackedFairnessConstraints(data.group_names, bound, constraint, statistics)
+        self.statistics = statistics
+        self._labels = any(needs_labels(s) for s in statistics)
+        self._check_on_training_data()
         self.batch_per_group = batch_per_group
         self.model_fn = model_fn
         # Fails early, naming the group, when a group is smaller than a batch's share of it.
-        BalancedGroupSampler(data.group_train, batch_per_group, seed=0, group_names=data.group_names)
+        BalancedGroupSampler(self._rows["train"].group, batch_per_group, seed=0, group_names=data.group_names)
 
     @property
     def m(self) -> int:
@@ -72,7 +174,38 @@ class FairnessTask:
 
     def constraint_values(self, logits: Tensor, batch: Batch) -> Tensor:
         # integer codes, not self.sens(...): the group sums are then an index_add_, no one-hot
-        return self.constraints.from_logits(logits, batch.group)
+        if not self._labels:
+            return self.constraints.from_logits(logits, batch.group)
+        c = self.constraints.from_logits(logits, batch.group, batch.y)
+        if not bool(torch.isfinite(c.detach()).all()):  # one host sync, for label statistics only
+            bad = [n for n, v in zip(self.constraint_names, c.detach().tolist()) if v != v]
+            raise ValueError(
+                f"the constraints {bad[:6]} are NaN on this batch: a group's rate is 0/0 when none of its "
+                f"{len(batch)} rows in the batch is in the statistic's denominator (for the true positive "
+                "rate: no row with label 1; false positive rate: no label 0; positive predictive value: "
+                f"no predicted positive); draw more rows per group: batch_per_group={self.batch_per_group} "
+                "is too small for this statistic")
+        return c
+
+    def _check_on_training_data(self) -> None:
+        """Every statistic takes its arguments and is defined for every group on the training set."""
+        d, train = self.data, self._rows["train"]
+        probs = torch.full_like(train.y, 0.5)
+        for statistic in self.statistics:
+            part = GroupFairnessConstraints(d.group_names, 0.0, "one_vs_overall", statistic)
+            args = (train.y,) if needs_labels(statistic) else ()
+            try:
+                stats, _ = part.group_statistics(probs, train.group, *args)
+            except Exception as error:  # noqa: BLE001 - re-raised with the statistic named
+                raise ValueError(f"the statistic {type(statistic).__name__} could not be evaluated on the "
+                                 f"training data ({type(error).__name__}: {error}); FairnessTask passes "
+                                 "the labels to statistics whose coefficients take them") from error
+            undefined = [n for n, v in zip(d.group_names, stats.tolist()) if v != v]
+            if undefined:
+                raise ValueError(f"{statistic_name(statistic)} is undefined (0/0) for the groups {undefined} "
+                                 "on the training data: they have no row in its denominator (e.g. no "
+                                 "positive label for the true positive rate); drop them or choose another "
+                                 "statistic")
 
     def problem(self, seed: int = 0, separate_constraint_sampler: bool = False) -> StochasticProblem:
         """A fresh problem: the model initialised with ``seed``, batches drawn from ``seed``.
@@ -85,12 +218,12 @@ class FairnessTask:
             raise ValueError(f"separate_constraint_sampler must be True or False, got {separate_constraint_sampler!r}")
         torch.manual_seed(seed)
         model = self.model_fn(self.data.n_features)
-        d = self.data
+        d, train = self.data, self._rows["train"]
 
         def sampler(stream: int) -> TensorSampler:
-            index = BalancedGroupSampler(d.group_train, self.batch_per_group, seed=seed * 1000 + stream,
+            index = BalancedGroupSampler(train.group, self.batch_per_group, seed=seed * 1000 + stream,
                                          group_names=d.group_names)
-            return TensorSampler(d.X_train, d.y_train, d.group_train, index)
+            return TensorSampler(train.x, train.y, train.group, index)
 
         problem = StochasticProblem(
             model, self.loss, self.constraint_values, self.m,
@@ -103,12 +236,11 @@ class FairnessTask:
         return problem
 
     def split(self, name: str) -> Batch:
-        d = self.data
-        if name == "train":
-            return Batch(d.X_train, d.y_train, d.group_train)
-        if name == "test":
-            return Batch(d.X_test, d.y_test, d.group_test)
-        raise ValueError(f"unknown split {name!r}; use one of {SPLITS}")
+        """The rows of split ``name`` (``"train"``, ``"validation"`` when ``validation_size`` > 0,
+        ``"test"``); training batches are drawn from ``"train"`` only."""
+        if name not in self._rows:
+            raise ValueError(f"unknown split {name!r}; use one of {self.splits}")
+        return self._rows[name]
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[tuple[str, str], float]:
@@ -116,7 +248,7 @@ class FairnessTask:
         was_training = model.training
         model.eval()
         out: dict[tuple[str, str], float] = {}
-        for split in SPLITS:
+        for split in self.splits:
             batch = self.split(split)
             logits = model(batch.x).squeeze(-1)
             out[(split, "loss")] = float(self.loss(logits, batch))
@@ -125,6 +257,45 @@ class FairnessTask:
                 out[(split, constraint_metric(name))] = value
         model.train(was_training)
         return out
+
+
+def _splits(data: FairnessData, validation_size: float, seed: int) -> dict[str, Batch]:
+    """train (and validation: a share of each group's training rows, drawn with ``seed``) and test."""
+    rows = {"train": Batch(data.X_train, data.y_train, data.group_train)}
+    if validation_size > 0:
+        generator = torch.Generator().manual_seed(seed)
+        held = []
+        for g in range(data.n_groups):
+            members = torch.nonzero(data.group_train == g).reshape(-1)
+            count = max(1, round(validation_size * members.numel()))
+            if count >= members.numel():
+                raise ValueError(f"validation_size={validation_size} leaves no training row of group "
+                                 f"{data.group_names[g]!r} ({members.numel()} rows): lower it")
+            held.append(members[torch.randperm(members.numel(), generator=generator)[:count]])
+        is_held = torch.zeros(data.y_train.shape[0], dtype=torch.bool)
+        is_held[torch.cat(held)] = True
+        keep = ~is_held
+        rows = {"train": Batch(data.X_train[keep], data.y_train[keep], data.group_train[keep]),
+                "validation": Batch(data.X_train[is_held], data.y_train[is_held], data.group_train[is_held])}
+    rows["test"] = Batch(data.X_test, data.y_test, data.group_test)
+    return rows
+
+
+def _check_statistics(statistic: object) -> list[LinearFractionalStatistic]:
+    """One statistic or a non-empty sequence of them, as a list of fairret statistic instances."""
+    from fairret.statistic import PositiveRate
+    if statistic is None:
+        return [PositiveRate()]
+    items = list(statistic) if isinstance(statistic, (list, tuple)) else [statistic]
+    if not items:
+        raise ValueError("statistic is an empty list; give one fairret statistic or several")
+    for item in items:
+        if isinstance(item, type) and issubclass(item, LinearFractionalStatistic):
+            raise TypeError(f"statistic must be an instance: {item.__name__}(), not the class {item.__name__}")
+        if not isinstance(item, LinearFractionalStatistic):
+            raise TypeError(f"statistic must be a fairret LinearFractionalStatistic instance (e.g. "
+                            f"fairret.statistic.PositiveRate()) or a list of them, got {item!r}")
+    return items
 
 
 def constraint_metric(name: str) -> str:

@@ -104,6 +104,13 @@ def _step_size(step_schedule: str, eta: float, k: int) -> float:
     return eta / math.sqrt(k) if step_schedule == "sqrt" else eta
 
 
+def _schedule_factor(group: dict) -> float:
+    """lr / initial_lr: the factor a torch.optim.lr_scheduler has applied to lr (eta_f), by which
+    eta_c is scaled too (1 without a scheduler: torch's schedulers set ``initial_lr``)."""
+    initial = group.get("initial_lr")
+    return group["lr"] / initial if initial else 1.0
+
+
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
@@ -114,8 +121,8 @@ class SwitchingSubgradient(ConstrainedOptimizer):
     """Stochastic switching subgradient (Huang & Lin 2023); see the module docstring.
 
     Parameters: ``eta_f``, ``eta_c`` objective / constraint step sizes (paper: 0.01 each; ``lr``
-    is eta_f, so a ``torch.optim.lr_scheduler`` schedules the objective steps, and ``eta_c`` is
-    its own key of each parameter group);
+    is eta_f and ``eta_c`` is its own key of each parameter group; a ``torch.optim.lr_scheduler``
+    sets lr and scales eta_c by the same factor, lr / initial_lr);
     ``eps`` the first tolerance eps_1 (paper: 0.1); ``schedule`` "paper" | "constant" | "sqrt";
     ``n_switch_samples`` J (default 1); ``seed`` of the output's random choice (through :meth:`from_problem`, the problem's seed by default);
     ``step_schedule`` "constant" | "sqrt"; ``output_start`` S (burn-in of the random output);
@@ -318,7 +325,8 @@ class SwitchingSubgradient(ConstrainedOptimizer):
             start = 0
             for group in self.param_groups:
                 n = len(group["params"])
-                eta = _step_size(step_schedule, group[rate], k)
+                eta = _step_size(step_schedule, group[rate] * _schedule_factor(group) if rate == "eta_c"
+                                 else group[rate], k)
                 torch._foreach_add_(group["params"], grads[start:start + n], alpha=-eta)
                 start += n
 
