@@ -223,8 +223,12 @@ def check_values(m: int | None, loss: Tensor | None = None, constraints: Tensor 
             )
         if not bool(torch.isfinite(constraints).all()):
             bad = [i for i, v in enumerate(constraints.tolist()) if not math.isfinite(v)]
-            raise ValueError(f"constraint values are not finite at indices {bad[:10]}: "
-                             f"{[constraints[i].item() for i in bad[:10]]}; check the data and the step sizes")
+            values = [constraints[i].item() for i in bad[:10]]
+            why = ("a mean or rate over the rows of a batch that holds none of them (an empty group, a "
+                   "group without positive labels) is 0/0: draw larger batches, or a fixed number of rows "
+                   "per group" if any(v != v for v in values) else
+                   "the model's outputs overflowed: lower the step sizes, or check the data")
+            raise ValueError(f"constraint values are not finite at indices {bad[:10]}: {values}; {why}")
     if loss is not None and not bool(torch.isfinite(loss).all()):
         raise ValueError(f"the objective is not finite ({loss.item()}); check the data and the step sizes")
 

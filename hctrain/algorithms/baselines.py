@@ -99,7 +99,7 @@ class Adam(torch.optim.Adam):
 
 
 class FairretRegularized(Adam):
-    """Adam on f(x, xi) + w * NormLoss(x, xi): fairret's p-norm of |PR_g / PR - 1| over groups.
+    """Adam on f(x, xi) + w * NormLoss(x, xi): fairret's p-norm of ``|PR_g / PR - 1|`` over groups.
 
     The constraint bound plays no role: the regularizer pushes every group's positive rate
     towards the overall one with a fixed weight ``weight``.
