@@ -207,6 +207,8 @@ CHAPTER_PARAMETERS = {
     "ghost_budget_s": _positive, "per_sample_epsilon": _positive,
     "group_counts": _counts, "ghost_group_counts": _counts, "per_sample_ms": _counts,
     "contestants": _names,
+    # chapter 10 (your own constraints)
+    "eval_every_steps": _count,
 }
 """How a chapter's protocol parameters are checked, by name (each chapter's algorithm
 hyperparameters are checked by the algorithm itself, before its first run)."""

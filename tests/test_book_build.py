@@ -103,3 +103,21 @@ def test_chapters_store_no_progress_bars() -> None:
                 if widget or (output.get("name") == "stderr" and bar.search(text)):
                     found.append(path.name)
     assert not found, f"progress bars stored in {sorted(set(found))}"
+
+
+def test_every_chapter_installs_hctrain_when_it_is_missing() -> None:
+    """Colab and Binder start without hctrain: each chapter's first code cell installs it from the
+    repository named in _config.yml (the cell is hidden on the site and a no-op where hctrain is
+    installed); the parameters cell comes after it."""
+    import json
+
+    url = yaml.safe_load((REPO / "_config.yml").read_text(encoding="utf-8"))["repository"]["url"]
+    wrong = []
+    for path in sorted(REPO.glob("notebooks/*.ipynb")):
+        code = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        first, source = code[0], "".join(code[0]["source"])
+        tags = first["metadata"].get("tags", [])
+        if not ("launch" in tags and "remove-cell" in tags and f"git+{url}" in source
+                and "import hctrain" in source and "parameters" in code[1]["metadata"].get("tags", [])):
+            wrong.append(path.name)
+    assert not wrong, f"chapters without the launch cell before the parameters cell: {wrong}"
