@@ -243,7 +243,7 @@ def test_run_bad_arguments_fail_before_training(task, kwargs, message) -> None:
 
 
 def test_run_on_a_bare_problem_is_a_clear_error(task) -> None:
-    with pytest.raises(TypeError, match=r"task must provide problem.*got StochasticProblem.*own loop"):
+    with pytest.raises(TypeError, match=r"run takes a task, not a problem \(StochasticProblem\).*ProblemTask.*own loop"):
         run(task.problem(0), Adam, max_steps=3, n_runs=1, progress=False)
     with pytest.raises(TypeError, match="hyper must be a dict"):
         run(task, Adam, hyper=[("lr", 0.1)], max_steps=3, n_runs=1, progress=False)

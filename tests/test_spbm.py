@@ -484,3 +484,37 @@ def test_flat_adam_rebuilds_after_load_state_dict():
     fast.step(_Problem(tp))
     (after,) = _flat_buffers(fast)
     assert after is not before and after.is_current(fast.params, [fast.state[p] for p in fast.params], fast.anchor)
+
+
+# --- the anchor follows the new iterate: z_{k+1} = z_k + beta (x_{k+1} - z_k) --------------------
+
+class AnchorFromOldIterate(SPBM):
+    """Mutant: the anchor moves towards x_k (the iterate before the step) instead of x_{k+1}."""
+
+    def _step_values(self, loss, c):
+        x_k = [p.detach().clone() for p in self.params]
+        z_k = [z.detach().clone() for z in self.anchor]
+        out = super()._step_values(loss, c)
+        beta = self.param_groups[0]["anchor_beta"]
+        with torch.no_grad():
+            for z, zk, xk in zip(self.anchor, z_k, x_k):
+                z.copy_(zk + beta * (xk - zk))
+        return out
+
+
+@pytest.mark.parametrize("cls", [SPBM, AnchorFromOldIterate])
+def test_anchor_moves_towards_the_new_iterate(cls):
+    fake = Fake(m=2)
+    problem = fake.problem()
+    algo = cls.from_problem(problem, anchor_beta=0.3, mu=1.0)
+    holds = []
+    for _ in range(4):
+        z_k = [z.detach().clone() for z in algo.anchor]
+        algo.step(problem)
+        x_next = [p.detach() for p in problem.params]
+        holds.append(all(torch.allclose(z, zk + 0.3 * (x - zk), rtol=0, atol=1e-12)
+                         for z, zk, x in zip(algo.anchor, z_k, x_next)))
+    if cls is SPBM:
+        assert all(holds)
+    else:
+        assert not all(holds), "the mutant was not caught"

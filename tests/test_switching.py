@@ -411,3 +411,76 @@ def test_output_stream_resumes_where_it_stopped():
                        algo.state_dict()["state"]["algorithm"]["rng_state"])
     for x, y in zip(algo.output_parameters(), algo2.output_parameters()):
         assert torch.equal(x, y)
+
+
+# --- which step size and which scalarisation: known answers of one step ------------------------
+
+class _Point(nn.Module):
+    def __init__(self, start):
+        super().__init__()
+        self.x = nn.Parameter(torch.tensor(start, dtype=torch.float64))
+
+
+class _NoData:
+    """A batch source whose batches carry nothing: f and c are deterministic functions of x."""
+
+    def __call__(self):
+        return None
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def _deterministic(start):
+    from hctrain.problem import Problem
+
+    a = torch.tensor([3.0, -1.0], dtype=torch.float64)
+    return Problem(_Point(start), lambda m, b: ((m.x - a) ** 2).sum(),
+                   lambda m, b: torch.stack([m.x[0] - 1.0, m.x[1] + 3.0]), data=_NoData()), a
+
+
+class SwappedRates(SwitchingSubgradient):
+    """Mutant: objective steps with eta_c and constraint steps with eta_f."""
+
+    def _update(self, grads, rate, k):
+        super()._update(grads, "eta_c" if rate == "lr" else "lr", k)
+
+
+class MeanSwitch(SwitchingSubgradient):
+    """Mutant: the switching test reads the mean of the m estimates instead of their max (the
+    step itself still follows the max)."""
+
+    def switching_estimate(self, problem):
+        c = super().switching_estimate(problem)
+        return c.mean().expand_as(c)
+
+
+@pytest.mark.parametrize("cls", [SwitchingSubgradient, SwappedRates, MeanSwitch])
+def test_one_step_takes_the_right_rate_and_switches_on_the_max(cls):
+    """At x = (1.5, -5): c = (0.5, -2), mean -0.75 <= 0 < max 0.5, so the test fails and the step
+    is a constraint step on c_0 with eta_c: x <- x - eta_c e_0. At x = (0, -5), c = (-1, -2): an
+    objective step with eta_f: x <- x - eta_f 2 (x - a). eta_f = 0.1 and eta_c = 0.001 differ by
+    100x, so the swapped mutant moves 100x too far or too little; the mean mutant takes an
+    objective step where it must not."""
+    problem, a = _deterministic([1.5, -5.0])
+    opt = cls(problem.model.parameters(), problem=problem, eta_f=0.1, eta_c=0.001, eps=0.0,
+              schedule="constant")
+    x0 = problem.model.x.detach().clone()
+    info = opt.step()
+    expected = x0 - 0.001 * torch.tensor([1.0, 0.0], dtype=torch.float64)
+    ok_constraint = (not bool(info["objective_step"])) and torch.allclose(problem.model.x, expected, atol=1e-15)
+
+    problem, a = _deterministic([0.0, -5.0])
+    opt = cls(problem.model.parameters(), problem=problem, eta_f=0.1, eta_c=0.001, eps=0.0,
+              schedule="constant")
+    x0 = problem.model.x.detach().clone()
+    info = opt.step()
+    ok_objective = bool(info["objective_step"]) and torch.allclose(
+        problem.model.x, x0 - 0.1 * 2 * (x0 - a), atol=1e-15)
+    if cls is SwitchingSubgradient:
+        assert ok_constraint and ok_objective
+    else:
+        assert not (ok_constraint and ok_objective), f"{cls.__name__} was not caught"
