@@ -42,6 +42,17 @@ class GroupFairnessConstraints:
 
     ``sens`` is either integer group codes (N,) in 0..G-1 or a membership matrix (N, G), e.g.
     one-hot (the form fairret takes; rows may also be soft or multiple memberships).
+
+    ``population_shares`` (pi_g, the groups' shares of the population, summing to 1) changes how
+    the overall statistic S of the one-vs-overall constraints is formed on a batch: without it
+    S is the batch's own statistic (sum of numerators over sum of denominators), which on a batch
+    with the same number of rows per group weights every group equally; with it S is the
+    population-weighted ratio of the groups' batch means of the numerator and denominator terms,
+
+        S = sum_g pi_g mean_g(num) / sum_g pi_g mean_g(den)        (= sum_g pi_g S_g for rates
+                                                                    with den = 1, e.g. PositiveRate),
+
+    which estimates the population's S from any batch that holds every group, balanced or not.
     """
 
     def __init__(
@@ -50,6 +61,7 @@ class GroupFairnessConstraints:
         bound: float = 0.05,
         kind: ConstraintKind = "one_vs_overall",
         statistic: LinearFractionalStatistic | None = None,
+        population_shares: Sequence[float] | Tensor | None = None,
     ):
         if not isinstance(kind, str) or kind not in KINDS:
             raise ValueError(f"unknown constraint kind {kind!r}; use one of {KINDS}")
@@ -67,6 +79,17 @@ class GroupFairnessConstraints:
             first, second = torch.where(~torch.eye(G, dtype=torch.bool))
             self.names = [f"{group_names[i]} - {group_names[j]}" for i, j in zip(first.tolist(), second.tolist())]
         self.m = len(self.names)
+        self.population_shares = None
+        if population_shares is not None:
+            shares = torch.as_tensor(population_shares, dtype=torch.float64).reshape(-1)
+            if shares.numel() != G or not bool(torch.isfinite(shares).all()) or bool((shares < 0).any()):
+                raise ValueError(f"population_shares must be {G} non-negative numbers, one per group, got "
+                                 f"{population_shares!r}")
+            if abs(float(shares.sum()) - 1.0) > 1e-6:
+                raise ValueError(f"population_shares must sum to 1 (the groups' shares of the population), "
+                                 f"they sum to {float(shares.sum()):.6g}")
+            self.population_shares = shares
+        self._shares: dict[tuple[torch.dtype, torch.device], Tensor] = {}
         # Per-call constants as tensors: an op with a Python scalar operand pays for wrapping it.
         self._bounds: dict[tuple[torch.dtype, float], Tensor] = {}
         self._row_counts: dict[int, Tensor] = {}
@@ -123,9 +146,25 @@ class GroupFairnessConstraints:
             count = self._row_counts[n] = torch.tensor(n)
         return count
 
+    def shares_like(self, x: Tensor) -> Tensor:
+        """pi as a tensor of x's dtype and device (cached)."""
+        key = (x.dtype, x.device)
+        shares = self._shares.get(key)
+        if shares is None:
+            shares = self._shares[key] = self.population_shares.to(dtype=x.dtype, device=x.device)
+        return shares
+
     def group_statistics(self, probs: Tensor, sens: Tensor, *stat_args: Tensor) -> tuple[Tensor, Tensor]:
         """(S_g for every group, overall S) from probabilities (N,) and groups: integer codes (N,)
-        or a membership matrix (N, G)."""
+        or a membership matrix (N, G). With ``population_shares`` the overall S is the
+        population-weighted estimate (see the class docstring)."""
+        if self.population_shares is not None:
+            num, denom = self._terms(probs, stat_args)
+            sums = self._group_sums(torch.stack((num, denom), dim=1), sens)
+            sizes = self._group_sizes(sens).to(sums.dtype)
+            shares = self.shares_like(sums)
+            means = sums / sizes.unsqueeze(1)
+            return sums[:, 0] / sums[:, 1], (shares * means[:, 0]).sum() / (shares * means[:, 1]).sum()
         if type(self.statistic) is PositiveRate and not stat_args and probs.dim() == 1:
             # canonical form (0 + 1 p) / (1 + 0 p): group means of p, overall mean of p (as
             # sum / N, which is what the general path computes and a little cheaper than mean)
@@ -207,8 +246,10 @@ class StackedFairnessConstraints:
     is a :class:`GroupFairnessConstraints`; its constraints are named ``"<statistic> <name>"``."""
 
     def __init__(self, group_names: list[str], bound: float, kind: ConstraintKind,
-                 statistics: Sequence[LinearFractionalStatistic]):
-        self.parts = [GroupFairnessConstraints(group_names, bound, kind, s) for s in statistics]
+                 statistics: Sequence[LinearFractionalStatistic],
+                 population_shares: Sequence[float] | Tensor | None = None):
+        self.parts = [GroupFairnessConstraints(group_names, bound, kind, s, population_shares)
+                      for s in statistics]
         self.group_names = list(group_names)
         self.kind = kind
         self.names = [f"{statistic_name(part.statistic)} {name}" for part in self.parts for name in part.names]
@@ -272,7 +313,13 @@ class _PositiveRateConstraints(torch.autograd.Function):
         sums = owner._group_sums(probs, sens)  # first: it names bad group codes
         sizes = owner._group_sizes(sens)
         stats = sums / sizes
-        if owner.kind == "one_vs_overall":
+        ctx.weighted = owner.kind == "one_vs_overall" and owner.population_shares is not None
+        if ctx.weighted:  # S = sum_g pi_g S_g
+            shares = owner.shares_like(stats)
+            diff = stats - (shares * stats).sum()
+            gaps = diff.abs()
+            ctx.save_for_backward(sens, sizes, diff, shares, probs if from_logits else None)
+        elif owner.kind == "one_vs_overall":
             count = owner._row_count(probs)
             diff = stats - probs.sum() / count
             gaps = diff.abs()
@@ -287,7 +334,12 @@ class _PositiveRateConstraints(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         sens, sizes, diff, count, probs = ctx.saved_tensors
-        if ctx.kind == "one_vs_overall":
+        if ctx.weighted:
+            # dL/dS_g = d_g - pi_g sum_h d_h (count holds pi), then dL/dp_n = dL/dS_g(n) / n_g(n)
+            grad_stats = grad * diff.sgn()
+            per_group = (grad_stats - count * grad_stats.sum()) / sizes
+            grad_probs = per_group.index_select(0, sens)
+        elif ctx.kind == "one_vs_overall":
             grad_stats = grad * diff.sgn()
             # dL/dp_n = d_g / n_g + (-sum d) / N, formed on the G groups before the gather: the
             # same two operands meet in the same addition for every row of group g (and

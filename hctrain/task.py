@@ -114,6 +114,13 @@ class FairnessTask:
     take labels get the batch's labels. Each is evaluated on the training set when the task is
     built, so that a statistic undefined for some group (a group without positive labels, for
     the true positive rate) is an error now, naming the group, not in the middle of a run.
+
+    ``estimate`` says what a training batch's loss and constraints estimate. ``"batch"`` (the
+    paper's protocol, the default): the batch's own mean loss and overall statistic; on a
+    balanced batch (the same number of rows per group) that weights every group equally.
+    ``"population"``: the groups' batch means weighted by their shares of the training rows
+    (:class:`~hctrain.fairness.GroupFairnessConstraints` ``population_shares``), so that loss
+    and constraints estimate the population's, as :meth:`evaluate` computes them on full splits.
     """
 
     def __init__(
@@ -126,6 +133,7 @@ class FairnessTask:
         statistic: LinearFractionalStatistic | Sequence[LinearFractionalStatistic] | None = None,
         validation_size: float = 0.0,
         validation_seed: int = 0,
+        estimate: str = "batch",
     ):
         if not isinstance(data, FairnessData):
             raise TypeError(f"data must be a FairnessData (from hctrain.data.load_acsincome or "
@@ -140,10 +148,16 @@ class FairnessTask:
         self.validation_size = validation_size
         self._rows = _splits(data, validation_size, check_seed("validation_seed", validation_seed))
         self.splits = tuple(self._rows)
-        if len(statistics) == 1:
-            self.constraints = GroupFairnessConstraints(data.group_names, bound, constraint, statistics[0])
-        else:
-            self.constraints = StackedFairnessConstraints(data.group_names, bound, constraint, statistics)
+        if estimate not in ESTIMATES:
+            raise ValueError(f"estimate must be one of {ESTIMATES}, got {estimate!r}")
+        self.estimate = estimate
+        counts = torch.bincount(self._rows["train"].group, minlength=data.n_groups).double()
+        self.population_shares = counts / counts.sum()
+        shares = self.population_shares if estimate == "population" else None
+        self.constraints = _constraints(data.group_names, bound, constraint, statistics, shares)
+        # evaluation on full splits: the split's own statistics, whatever the training estimate
+        self._full_constraints = (self.constraints if shares is None else
+                                  _constraints(data.group_names, bound, constraint, statistics, None))
         self.statistics = statistics
         self._labels = any(needs_labels(s) for s in statistics)
         self._check_on_training_data()
@@ -170,7 +184,14 @@ class FairnessTask:
         return F.one_hot(group, self.data.n_groups).to(torch.float32)
 
     def loss(self, logits: Tensor, batch: Batch) -> Tensor:
-        return F.binary_cross_entropy_with_logits(logits, batch.y)
+        if self.estimate == "batch":
+            return F.binary_cross_entropy_with_logits(logits, batch.y)
+        # sum_g pi_g mean_{i in g} l_i: the population's mean loss, estimated from any batch
+        per_row = F.binary_cross_entropy_with_logits(logits, batch.y, reduction="none")
+        G = self.data.n_groups
+        sums = per_row.new_zeros(G).index_add_(0, batch.group, per_row)
+        sizes = torch.bincount(batch.group, minlength=G).to(per_row.dtype)
+        return (self.population_shares.to(per_row) * sums / sizes).sum()
 
     def constraint_values(self, logits: Tensor, batch: Batch) -> Tensor:
         # integer codes, not self.sens(...): the group sums are then an index_add_, no one-hot
@@ -251,12 +272,23 @@ class FairnessTask:
         for split in self.splits:
             batch = self.split(split)
             logits = model(batch.x).squeeze(-1)
-            out[(split, "loss")] = float(self.loss(logits, batch))
+            out[(split, "loss")] = float(F.binary_cross_entropy_with_logits(logits, batch.y))
             out[(split, "accuracy")] = float(((logits > 0).float() == batch.y).float().mean())
-            for name, value in zip(self.constraint_names, self.constraint_values(logits, batch).tolist()):
+            args = (batch.y,) if self._labels else ()
+            values = self._full_constraints.from_logits(logits, batch.group, *args)
+            for name, value in zip(self.constraint_names, values.tolist()):
                 out[(split, constraint_metric(name))] = value
         model.train(was_training)
         return out
+
+
+ESTIMATES = ("batch", "population")
+
+
+def _constraints(group_names, bound, kind, statistics, shares):
+    if len(statistics) == 1:
+        return GroupFairnessConstraints(group_names, bound, kind, statistics[0], population_shares=shares)
+    return StackedFairnessConstraints(group_names, bound, kind, statistics, population_shares=shares)
 
 
 def _splits(data: FairnessData, validation_size: float, seed: int) -> dict[str, Batch]:

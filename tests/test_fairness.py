@@ -228,3 +228,63 @@ def test_fused_constraints_without_gradient() -> None:
     with torch.no_grad():
         c = constraints.from_logits(torch.randn(10), torch.tensor([0, 1] * 5))
     assert c.shape == (2,) and c.grad_fn is None
+
+
+# --- population-weighted estimates on balanced batches (issue 10, item 1) ---------------------
+
+def _balanced_draws(group: torch.Tensor, per_group: int, n: int, seed: int = 0):
+    from hctrain.data import BalancedGroupSampler
+
+    sampler = BalancedGroupSampler(group, per_group, seed=seed)
+    return [sampler.sample() for _ in range(n)]
+
+
+def test_population_weighted_overall_rate_is_unbiased_on_balanced_batches() -> None:
+    """Labels as predictions (p = y) on groups of very different sizes and rates: the mean over
+    many balanced batches of S_g - S equals the full data's with the population shares, and
+    misses it with the batch's own (equal-weight) overall rate."""
+    g = torch.Generator().manual_seed(0)
+    sizes, rates = [6000, 300, 1500, 2200], [0.55, 0.1, 0.25, 0.8]
+    group = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+    y = torch.cat([(torch.rand(n, generator=g) < r).double() for n, r in zip(sizes, rates)])
+    shares = torch.tensor(sizes, dtype=torch.float64) / sum(sizes)
+    names = list("abcd")
+    weighted = GroupFairnessConstraints(names, 0.0, population_shares=shares)
+    plain = GroupFairnessConstraints(names, 0.0)
+    stats, overall = plain.group_statistics(y, group)  # the full data: S = mean of y
+    full = stats - overall
+    draws = _balanced_draws(group, 32, 2000)
+    for constraints, unbiased in ((weighted, True), (plain, False)):
+        mean = torch.stack([torch.sub(*constraints.group_statistics(y[i], group[i])) for i in draws]).mean(0)
+        error = (mean - full).abs().max()
+        assert (error < 0.01) == unbiased, f"error {error:.4f}"
+
+
+@pytest.mark.parametrize("kind", ["one_vs_overall", "pairwise"])
+def test_population_weighted_fused_path_values_and_gradient(kind) -> None:
+    """The fused positive-rate node with population shares: values as the general formula,
+    gradient as autograd's of that formula."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(40, generator=g, dtype=torch.float64, requires_grad=True)
+    codes = torch.arange(40) % 4
+    shares = torch.tensor([0.5, 0.1, 0.15, 0.25], dtype=torch.float64)
+    constraints = GroupFairnessConstraints(list("abcd"), 0.05, kind, population_shares=shares)
+    c = constraints.from_logits(logits, codes)
+    probs = torch.sigmoid(logits)
+    stats = torch.stack([probs[codes == i].mean() for i in range(4)])
+    if kind == "one_vs_overall":
+        expected = (stats - (shares * stats).sum()).abs() - 0.05
+    else:
+        expected = constraints.gaps_from_statistics(stats) - 0.05
+    assert torch.allclose(c, expected, atol=1e-14)
+    v = torch.randn(c.shape[0], generator=g, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(c, logits, v)
+    (theirs,) = torch.autograd.grad(expected, logits, v)
+    assert torch.allclose(ours, theirs, atol=1e-14)
+
+
+def test_population_shares_are_checked() -> None:
+    with pytest.raises(ValueError, match="sum to 1"):
+        GroupFairnessConstraints(list("ab"), 0.05, population_shares=[0.5, 0.6])
+    with pytest.raises(ValueError, match="2 non-negative numbers"):
+        GroupFairnessConstraints(list("ab"), 0.05, population_shares=[1.0])
