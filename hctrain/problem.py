@@ -71,7 +71,47 @@ LossFn = Callable[[Tensor, Batch], Tensor]
 ConstraintFn = Callable[[Tensor, Batch], Tensor]
 
 
-class StochasticProblem:
+class _Sampled:
+    """What both problem classes share: the draws of xi and zeta from their sources, and the
+    sources' random states. ``objective``, ``constraints`` and ``objective_and_constraints`` are
+    the subclass's."""
+
+    objective_sampler: Any
+    constraint_sampler: Any
+    shares_samples: bool
+
+    def sample_objective(self) -> Any:
+        """Draw xi."""
+        return self.objective_sampler()
+
+    def sample_constraints(self) -> Any:
+        """Draw zeta (a fresh batch, independent of every earlier draw)."""
+        return self.constraint_sampler()
+
+    def sample_objective_and_constraints(self) -> tuple[Tensor, Tensor]:
+        """f(x, xi) and c(x, zeta), both with their graphs, for a one-sample method: with
+        ``shares_samples`` one draw serves as xi and zeta; otherwise xi and zeta are drawn from
+        their own sources."""
+        if self.shares_samples:
+            return self.objective_and_constraints(self.sample_objective())  # type: ignore[attr-defined]
+        return (self.objective(self.sample_objective()),  # type: ignore[attr-defined]
+                self.constraints(self.sample_constraints()))  # type: ignore[attr-defined]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sources' positions and random states (the model's weights are the algorithm's
+        business)."""
+        state = {"objective_sampler": self.objective_sampler.state_dict()}
+        if not self.shares_samples:
+            state["constraint_sampler"] = self.constraint_sampler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.objective_sampler.load_state_dict(state["objective_sampler"])
+        if not self.shares_samples:
+            self.constraint_sampler.load_state_dict(state["constraint_sampler"])
+
+
+class StochasticProblem(_Sampled):
     """A model, an objective f, m constraints c, and the samplers of xi and zeta.
 
     ``loss_fn(logits, batch)`` returns the scalar f on a batch; ``constraint_fn(logits, batch)``
@@ -109,14 +149,6 @@ class StochasticProblem:
         self.seed: int | None = None  # set by whoever builds the problem from a seed
         self.params: list[nn.Parameter] = [p for p in model.parameters() if p.requires_grad]
 
-    def sample_objective(self) -> Batch:
-        """Draw xi."""
-        return self.objective_sampler()
-
-    def sample_constraints(self) -> Batch:
-        """Draw zeta (independent of every earlier draw)."""
-        return self.constraint_sampler()
-
     def forward(self, batch: Batch) -> Tensor:
         return self.model(batch.x).squeeze(-1)
 
@@ -132,26 +164,6 @@ class StochasticProblem:
         """f and c on the same batch with one forward pass."""
         logits = self.forward(batch)
         return self.loss_fn(logits, batch), self.constraint_fn(logits, batch)
-
-    def sample_objective_and_constraints(self) -> tuple[Tensor, Tensor]:
-        """f(x, xi) and c(x, zeta), both with their graphs, for a one-sample method: with
-        ``shares_samples`` one draw serves as xi and zeta (one forward pass); otherwise xi and
-        zeta are drawn from their own samplers (two forward passes)."""
-        if self.shares_samples:
-            return self.objective_and_constraints(self.sample_objective())
-        return self.objective(self.sample_objective()), self.constraints(self.sample_constraints())
-
-    def state_dict(self) -> dict[str, Any]:
-        """The samplers' random states (the model's weights are the algorithm's business)."""
-        state = {"objective_sampler": self.objective_sampler.state_dict()}
-        if not self.shares_samples:
-            state["constraint_sampler"] = self.constraint_sampler.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.objective_sampler.load_state_dict(state["objective_sampler"])
-        if not self.shares_samples:
-            self.constraint_sampler.load_state_dict(state["constraint_sampler"])
 
 
 # --- problems from ordinary PyTorch pieces -------------------------------------------------------
@@ -217,7 +229,7 @@ def check_constraint_values(value: Any, m: int | None, who: str = "the constrain
     return value
 
 
-class Problem:
+class Problem(_Sampled):
     r"""min E f(model, xi) s.t. E c(model, zeta) <= 0, from a model, two functions and data.
 
     ``loss(model, batch)`` returns the scalar f on a batch and ``constraints(model, batch)`` the
@@ -292,14 +304,6 @@ class Problem:
 
     # --- what the algorithms call ----------------------------------------------------------
 
-    def sample_objective(self) -> Any:
-        """Draw xi."""
-        return self.objective_sampler()
-
-    def sample_constraints(self) -> Any:
-        """Draw zeta (a fresh batch, independent of every earlier draw)."""
-        return self.constraint_sampler()
-
     def objective(self, batch: Any) -> Tensor:
         """f(x, xi) on ``batch``: ``loss(model, batch)``, checked."""
         return self._checked_loss(self.loss_fn(self.model, batch))
@@ -311,25 +315,6 @@ class Problem:
     def objective_and_constraints(self, batch: Any) -> tuple[Tensor, Tensor]:
         """f and c on the same batch (the two functions each run the model)."""
         return self.objective(batch), self.constraints(batch)
-
-    def sample_objective_and_constraints(self) -> tuple[Tensor, Tensor]:
-        """f(x, xi) and c(x, zeta) for a one-sample method: one draw serves as xi and zeta when
-        the problem has one source, else one draw from each."""
-        if self.shares_samples:
-            return self.objective_and_constraints(self.sample_objective())
-        return self.objective(self.sample_objective()), self.constraints(self.sample_constraints())
-
-    def state_dict(self) -> dict[str, Any]:
-        """The sources' positions and random states."""
-        state = {"objective_sampler": self.objective_sampler.state_dict()}
-        if not self.shares_samples:
-            state["constraint_sampler"] = self.constraint_sampler.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.objective_sampler.load_state_dict(state["objective_sampler"])
-        if not self.shares_samples:
-            self.constraint_sampler.load_state_dict(state["constraint_sampler"])
 
     # --- checks ------------------------------------------------------------------------------
 
