@@ -446,3 +446,16 @@ def test_runner_runs_a_problem_task_with_a_validation_split():
     assert {"loss", "c[c0]", "c[c1]", "mae"} <= set(records["metric"])
     again = run(task, SSLALM, max_steps=20, eval_every_steps=10, n_runs=2, progress=False)
     assert records["value"].tolist() == again["value"].tolist()  # seeded: reproducible
+
+
+def test_fairret_regularizer_follows_a_scheduler():
+    from hctrain.data import load_acsincome
+    from hctrain.task import FairnessTask
+
+    task = FairnessTask(load_acsincome("VA", download=False, verbose=False))
+    problem = task.problem(0)
+    opt = FairretRegularized.from_problem(problem)
+    zero = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 0.0)
+    before = flat(problem.model)
+    opt.step(problem)
+    assert zero.get_last_lr() == [0.0] and torch.equal(flat(problem.model), before)
