@@ -18,12 +18,13 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: help book test notebooks status env clean clean-venv
+.PHONY: help book test notebooks status env clean clean-venv publish publish-site
 
 help:
 	@echo "make book       build the book into _build/html (open _build/html/index.html)"
 	@echo "make test       run all tests; chapters run in quick mode (HCTRAIN_QUICK=1)"
 	@echo "make notebooks  re-execute every chapter on the full protocol with papermill (slow: hours)"
+	@echo "make publish    build the book and push it to the gh-pages branch of PUBLISH_REMOTE (origin)"
 	@echo "make env        only create/update $(VENV)"
 	@echo "make clean      remove _build; make clean-venv removes $(VENV)"
 
@@ -45,6 +46,20 @@ env: $(STAMP)
 book: $(STAMP)
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	@echo "open $(CURDIR)/_build/html/index.html"
+
+# Publishing: the built site (_build/html) becomes the only commit of the gh-pages branch of
+# PUBLISH_REMOTE (ghp-import; .nojekyll so that GitHub Pages serves _static as it is). GitHub
+# Pages then serves that branch; .github/workflows/book.yml does the same from CI instead.
+PUBLISH_REMOTE ?= origin
+PUBLISH_BRANCH ?= gh-pages
+publish: book
+	$(MAKE) publish-site
+
+publish-site:
+	@test -f _build/html/index.html || { echo "error: no _build/html/index.html: run make book first" >&2; exit 1; }
+	$(BIN)/ghp-import --no-jekyll --no-history --force --push --remote $(PUBLISH_REMOTE) \
+	  --branch $(PUBLISH_BRANCH) --message "Publish the book from $$(git rev-parse --short HEAD)" _build/html
+	@echo "published _build/html to $(PUBLISH_REMOTE) $(PUBLISH_BRANCH)"
 
 # Extra pytest arguments: make test PYTEST_ARGS='-m "not book" -x'
 PYTEST_ARGS ?=
