@@ -121,3 +121,20 @@ def test_every_chapter_installs_hctrain_when_it_is_missing() -> None:
                 and "import hctrain" in source and "parameters" in code[1]["metadata"].get("tags", [])):
             wrong.append(path.name)
     assert not wrong, f"chapters without the launch cell before the parameters cell: {wrong}"
+
+
+def test_chapters_store_no_warnings_or_empty_outputs() -> None:
+    """A stored warning (or anything on stderr) or an empty output box is noise on the page: the
+    chapters are executed so that none is left (issue 12, item 2)."""
+    import json
+
+    found = []
+    for path in sorted(REPO.glob("notebooks/*.ipynb")):
+        for index, cell in enumerate(json.loads(path.read_text())["cells"]):
+            for output in cell.get("outputs", []):
+                text = "".join(output.get("text", ""))
+                if output.get("name") == "stderr" or "Warning:" in text:
+                    found.append(f"{path.name} cell {index}: {text.strip()[:80]}")
+                elif output.get("output_type") == "stream" and not text.strip():
+                    found.append(f"{path.name} cell {index}: an empty output")
+    assert not found, "\n".join(found)
