@@ -49,13 +49,12 @@ def resolve_m(name: str, m: Any, problem: Any) -> Any:
 
 
 def resolve_lr(alias: str, alias_value: Any, lr: Any, default: float) -> Any:
-    """The primal step size from ``lr`` or the paper's name for it (not both, unless equal)."""
-    if lr is not None and alias_value is not None and lr != alias_value:
+    """The primal step size from ``lr`` or the paper's name for it, whose default is ``default``.
+    ``lr`` wins; giving both is an error unless they agree or the alias kept its default."""
+    if lr is not None and alias_value != default and alias_value != lr:
         raise ValueError(f"lr and {alias} are the same hyperparameter (lr is {alias}); give one, got "
                          f"lr={lr!r} and {alias}={alias_value!r}")
-    if lr is not None:
-        return lr
-    return default if alias_value is None else alias_value
+    return alias_value if lr is None else lr
 
 
 class ConstrainedOptimizer(torch.optim.Optimizer):

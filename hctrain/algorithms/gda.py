@@ -30,7 +30,7 @@ class GDA(ConstrainedOptimizer):
 
     lr_alias = "tau"
 
-    def __init__(self, params: Iterable[Tensor], m: int | None = None, tau: float | None = None,
+    def __init__(self, params: Iterable[Tensor], m: int | None = None, tau: float = 0.05,
                  eta: float = 0.1, dual_bound: float = 100.0, *, lr: float | None = None,
                  problem: Any = None):
         m = resolve_m("GDA", m, problem)

@@ -420,7 +420,7 @@ class StochasticGhost(ConstrainedOptimizer):
         "step()")
 
     def __init__(self, params: Iterable[Tensor], m: int | None = None, p: float = 0.4, tau: float = 1.0,
-                 beta: float = 10.0, rho: float = 0.8, lam: float = 0.5, gamma0: float | None = None,
+                 beta: float = 10.0, rho: float = 0.8, lam: float = 0.5, gamma0: float = 0.05,
                  zeta: float = 0.05, seed: int = 0, max_level: int | None = 6,
                  solver: str = "dual", jacobian: str = "batched", *, lr: float | None = None,
                  problem: Any = None):

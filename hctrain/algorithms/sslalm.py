@@ -119,7 +119,7 @@ class SSLALM(ConstrainedOptimizer):
     lr_alias = "tau"
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict], m: int | None = None, mu: float = 2.0,
-                 rho: float = 1.0, tau: float | None = None, eta: float = 0.1, beta: float = 0.5,
+                 rho: float = 1.0, tau: float = 0.05, eta: float = 0.1, beta: float = 0.5,
                  dual_bound: float = 100.0, dual_safeguard: str = "reset", two_samples: bool = True,
                  *, lr: float | None = None, problem: Any = None):
         m = resolve_m(type(self).__name__, m, problem)
@@ -268,7 +268,7 @@ class LinearizedALM(SSLALM):
     """
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict], m: int | None = None, rho: float = 1.0,
-                 tau: float | None = None, eta: float = 0.1, dual_bound: float = 100.0,
+                 tau: float = 0.05, eta: float = 0.1, dual_bound: float = 100.0,
                  dual_safeguard: str = "reset", two_samples: bool = False, *,
                  lr: float | None = None, problem: Any = None):
         super().__init__(params, m, mu=0.0, rho=rho, tau=tau, eta=eta, beta=1.0,

@@ -149,7 +149,7 @@ class SwitchingSubgradient(ConstrainedOptimizer):
         "give. Let it draw them: SwitchingSubgradient(params, problem=hctrain.Problem(model, loss, "
         "constraints, data=loader)) and step()")
 
-    def __init__(self, params: Iterable[Tensor], m: int | None = None, eta_f: float | None = None,
+    def __init__(self, params: Iterable[Tensor], m: int | None = None, eta_f: float = 0.01,
                  eta_c: float = 0.01, eps: float = 0.1, schedule: str = "paper",
                  n_switch_samples: int = 1, seed: int = 0, *, step_schedule: str = "constant",
                  output_start: int = 0, fuse_switching_forward: bool = False,
