@@ -8,12 +8,14 @@ same sampler). Algorithms receive a :class:`StochasticProblem` and draw what the
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from .checks import check_seed
 from .sources import as_source
 
 
@@ -248,10 +250,9 @@ class Problem(_Sampled):
     At construction both functions are evaluated once on one batch (the sources are rewound, the
     model's buffers and the random generators restored), which finds m and turns the usual
     mistakes into errors that name the fix: a loss that is not a scalar, constraints given as a
-    list or a float, a constraint with no gradient path to the parameters (or a gradient that is
-    zero in every parameter, as from thresholded predictions; ``check_gradients=False`` skips this
-    check for a constraint whose gradient only vanishes at the initial point), data whose dtype
-    or device is not the model's.
+    list or a float, a constraint with no gradient path to the parameters (and a warning for one
+    whose gradient is zero in every parameter on that batch, as from thresholded predictions;
+    ``check_gradients=False`` skips the check), data whose dtype or device is not the model's.
 
     ``state_dict()`` holds the sources' positions and random states, so that a resumed run draws
     the batches the uninterrupted run would have drawn.
@@ -284,13 +285,12 @@ class Problem(_Sampled):
         self.model = model
         self.loss_fn = loss
         self.constraint_fn = constraints
-        if seed is None:
-            seed = torch.initial_seed() % 2**62
-        self.seed = int(seed)
+        self.seed = torch.initial_seed() % 2**32 if seed is None else check_seed("seed", seed)
         self.objective_sampler = as_source(data, "data", batch_size, seed=self.seed)
         self.shares_samples = constraint_data is None
         self.constraint_sampler = (self.objective_sampler if constraint_data is None else
-                                   as_source(constraint_data, "constraint_data", batch_size, seed=self.seed + 1))
+                                   as_source(constraint_data, "constraint_data", batch_size,
+                                             seed=(self.seed + 1) % 2**32))
         self.params: list[nn.Parameter] = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no parameters that require grad: there is nothing to train")
@@ -344,46 +344,55 @@ class Problem(_Sampled):
         return None
 
     def _probe(self, m: int | None) -> int:
-        """Evaluate f and c once on one batch (nothing changes: sources rewound, buffers and
-        random states restored), check them, and return m."""
+        """Evaluate f and c once (on one batch, or on one batch of each source), check them, and
+        return m. Nothing changes, also when a check fails: the sources are rewound and the
+        model's buffers and the random generators (CPU, and the devices of the parameters)
+        restored."""
         source_state = self.state_dict()
         buffers = [b.detach().clone() for b in self.model.buffers()]
-        with torch.random.fork_rng(devices=[]):
-            batch = self.sample_constraints()
-            try:
-                c = self.constraint_fn(self.model, batch)
-                f = self.loss_fn(self.model, batch) if self.shares_samples else None
-            except Exception as error:  # noqa: BLE001 - re-raised, explained where we can
-                better = self._explain(batch, error)
-                if better is not None:
-                    raise better from error
-                raise
-            if f is not None:
+        devices = sorted({p.device.index or 0 for p in self.params if p.device.type == "cuda"})
+        try:
+            with torch.random.fork_rng(devices=devices):
+                batch = self.sample_constraints()
+                f_batch = batch if self.shares_samples else self.sample_objective()
+                try:
+                    c = self.constraint_fn(self.model, batch)
+                    f = self.loss_fn(self.model, f_batch)
+                except Exception as error:  # noqa: BLE001 - re-raised, explained where we can
+                    better = self._explain(batch, error) or self._explain(f_batch, error)
+                    if better is not None:
+                        raise better from error
+                    raise
                 self._checked_loss(f)
-            c = self._checked_constraints(c)
-            if self._check_gradients:
-                self._check_each_constraint_has_a_gradient(c)
-        with torch.no_grad():
-            for b, saved in zip(self.model.buffers(), buffers):
-                b.copy_(saved)
-        self.load_state_dict(source_state)
+                c = self._checked_constraints(c)
+                if self._check_gradients:
+                    self._check_each_constraint_has_a_gradient(c)
+        finally:
+            with torch.no_grad():
+                for b, saved in zip(self.model.buffers(), buffers):
+                    b.copy_(saved)
+            self.load_state_dict(source_state)
         if m is not None and c.numel() != m:
             raise ValueError(f"m={m} was given but constraints(model, batch) returns {c.numel()} values")
         return int(c.numel())
 
     def _check_each_constraint_has_a_gradient(self, c: Tensor, limit: int = 64) -> None:
-        """Constraint i whose gradient is None or exactly zero in every parameter at the first
-        batch (computed from thresholded predictions, detached, or from the data only) would be
-        ignored by every algorithm: an error, checked for the first ``limit`` constraints. A
-        constraint whose gradient merely happens to vanish at the initial point can pass
-        ``check_gradients=False``."""
+        """Constraint i with no autograd path to any parameter would be ignored by every
+        algorithm: an error. One whose gradient is zero in every parameter on the first batch
+        (a hinge that is inactive there, or one entry computed from thresholded predictions next
+        to differentiable ones) gets a warning. Checked for the first ``limit`` constraints;
+        ``check_gradients=False`` skips the check."""
         for i in range(min(c.numel(), limit)):
             grads = torch.autograd.grad(c[i], self.params, retain_graph=True, allow_unused=True)
-            if all(g is None or not bool(g.any()) for g in grads):
+            if all(g is None for g in grads):
                 raise ValueError(
-                    f"constraint {i} (of {c.numel()}) does not depend on the model's parameters: its "
-                    "gradient is zero in every parameter on the first batch (computed from thresholded "
-                    "predictions, detached, or from the data only), so no algorithm could satisfy it by "
-                    "training: compute it from the model's differentiable outputs (probabilities, not "
-                    "labels) or parameters; if the gradient only vanishes at the initial point, pass "
-                    "check_gradients=False")
+                    f"constraint {i} (of {c.numel()}) does not depend on the model's parameters (no "
+                    "gradient path: computed from the data only, or detached), so no algorithm could "
+                    "satisfy it by training: compute it from the model's outputs or parameters")
+            if all(g is None or not bool(g.any()) for g in grads):
+                warnings.warn(
+                    f"constraint {i} (of {c.numel()}) has a zero gradient in every parameter on the "
+                    "first batch: fine for a hinge that is inactive there, but a constraint computed "
+                    "from thresholded predictions (labels, counts) has a zero gradient everywhere and "
+                    "cannot be trained; use probabilities. check_gradients=False silences this",
+                    stacklevel=3)

@@ -28,10 +28,13 @@ from .checks import check_integer, check_seed
 class LoaderSource:
     """Endless batches from a DataLoader, epoch after epoch, with an exact resume.
 
-    The order of epoch e is drawn from a seed derived from ``(seed, e)``: if the loader has a
-    ``generator`` it is seeded with it; otherwise torch's global generator is seeded with it, for
-    the creation of the epoch's iterator only, and restored afterwards (the loader's shuffling
-    never consumes, and never depends on, the caller's random stream). ``state_dict()`` holds
+    The order of epoch e is drawn from a seed derived from ``(seed, e)``: the loader's
+    ``generator``, its sampler's and its batch sampler's (when they have one) and torch's global
+    generator are seeded with it while the epoch's iterator starts, and the global one is
+    restored afterwards (the loader's shuffling never consumes, and never depends on, the
+    caller's random stream); a sampler with ``set_epoch`` (``DistributedSampler``) is told the
+    epoch. Random transforms inside the dataset draw from the global generator while batches are
+    loaded, outside that context, as they would in a plain loop. ``state_dict()`` holds
     ``(seed, epoch, position)``; ``load_state_dict`` rebuilds epoch e's order and skips the
     batches already drawn, so a resumed run draws exactly the batches the uninterrupted run
     would have drawn, with ``shuffle=True`` too. (Skipping loads those batches once more: a
@@ -50,8 +53,7 @@ class LoaderSource:
             raise ValueError("the DataLoader yields no batches (an empty dataset, or drop_last=True "
                              "with fewer rows than batch_size)")
         self.loader = loader
-        self.seed = (int(torch.randint(0, 2**62, (), generator=torch.Generator().manual_seed(
-            torch.initial_seed() % 2**63)).item()) if seed is None else check_seed("seed", seed))
+        self.seed = torch.initial_seed() % 2**32 if seed is None else check_seed("seed", seed)
         self.epoch = 0
         self.position = 0  # batches drawn from the current epoch
         self._iterator: Iterator[Any] | None = None
@@ -59,24 +61,39 @@ class LoaderSource:
     def _epoch_seed(self, epoch: int) -> int:
         return (self.seed * 1_000_003 + epoch) % 2**63
 
+    def _generators(self) -> list[torch.Generator]:
+        """The generators that decide an epoch's order: the loader's, its sampler's and its batch
+        sampler's sampler's (each seeded with the epoch's seed); without any, torch's global one."""
+        loader = self.loader
+        found: list[torch.Generator] = []
+        for owner in (loader, loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
+            generator = getattr(owner, "generator", None)
+            if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+                found.append(generator)
+        return found
+
     @contextlib.contextmanager
     def _seeded(self, epoch: int):
+        """Within: every generator of the epoch's order seeded from (seed, epoch), torch's global
+        one too (restored afterwards: the caller's stream is never consumed), and a sampler with
+        ``set_epoch`` (DistributedSampler) told the epoch."""
         seed = self._epoch_seed(epoch)
-        if self.loader.generator is not None:
-            self.loader.generator.manual_seed(seed)
+        for owner in (self.loader.sampler, getattr(self.loader.batch_sampler, "sampler", None)):
+            if callable(getattr(owner, "set_epoch", None)):
+                owner.set_epoch(epoch)
+        for generator in self._generators():
+            generator.manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
             yield
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                yield
 
     def _start_epoch(self, skip: int) -> Any:
         """Start the current epoch's iterator (seeded) and return its batch number ``skip``."""
         with self._seeded(self.epoch):
             self._iterator = iter(self.loader)
             batch = next(self._iterator)  # a sampler draws its order on the first batch
-        for _ in range(skip):
-            batch = next(self._iterator)
+            for _ in range(skip):  # a resume: the batches already drawn, in the same context
+                batch = next(self._iterator)
         return batch
 
     def __call__(self) -> Any:

@@ -344,8 +344,6 @@ def _batchwise(fn):
 
 
 @pytest.mark.parametrize("bad_constraints,error,match", [
-    (_batchwise(lambda m, x, y, a: torch.stack([(m(x[a]) > 0).float().mean() - 0.1, m(x).mean()])),
-     ValueError, "constraint 0 .*does not depend on the model's parameters"),
     (_batchwise(lambda m, x, y, a: (m(x[a]).detach().mean() - 0.1)), ValueError, "no gradient path"),
     (_batchwise(lambda m, x, y, a: [m(x).mean(), m(x).sum()]), TypeError, r"torch.stack\(\[...\]\)"),
     (_batchwise(lambda m, x, y, a: 0.3), TypeError, "a Python number has no gradient"),
@@ -354,6 +352,15 @@ def _batchwise(fn):
 def test_bad_constraints_are_named(bad_constraints, error, match):
     with pytest.raises(error, match=match):
         Problem(make_model(), loss, bad_constraints, data=DataLoader(regression_data(), batch_size=32))
+
+
+def test_a_thresholded_constraint_next_to_a_differentiable_one_is_warned_about():
+    def thresholded(model, batch):
+        x, y, in_a = batch
+        return torch.stack([(model(x[in_a]) > 0).float().mean() - 0.1, model(x).mean()])
+
+    with pytest.warns(UserWarning, match="constraint 0 .*zero gradient.*thresholded predictions"):
+        Problem(make_model(), loss, thresholded, data=DataLoader(regression_data(), batch_size=32))
 
 
 def test_a_loss_that_is_not_a_scalar_is_named():
@@ -459,3 +466,105 @@ def test_fairret_regularizer_follows_a_scheduler():
     before = flat(problem.model)
     opt.step(problem)
     assert zero.get_last_lr() == [0.0] and torch.equal(flat(problem.model), before)
+
+
+# --- the review's cases: seeds, frozen and unused parameters, groups added later, samplers ------
+
+def test_default_seed_is_in_range_whatever_the_global_seed():
+    torch.seed()  # a 64-bit global seed, as in a fresh process
+    problem = Problem(make_model(), loss, constraints, data=DataLoader(regression_data(), batch_size=32),
+                      constraint_data=DataLoader(regression_data(), batch_size=32))
+    assert 0 <= problem.seed < 2**32
+    Problem(make_model(), loss, constraints, data=DataLoader(regression_data(), batch_size=32),
+            constraint_data=DataLoader(regression_data(), batch_size=32), seed=2**32 - 1)
+
+
+@pytest.mark.parametrize("cls", EVERY)
+def test_frozen_and_unused_parameters(cls):
+    """A frozen first layer is left out; a layer that neither f nor c reads gets a zero update."""
+    class WithSpare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.spare = make_model(), nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.body(x)
+
+    model = WithSpare()
+    model.body[0].requires_grad_(False)
+    frozen = model.body[0].weight.detach().clone()
+    spare = model.spare.weight.detach().clone()
+
+    def body_constraints(m, batch):
+        return constraints(m.body, batch)
+
+    problem = Problem(model, loss, body_constraints, data=DataLoader(regression_data(), batch_size=32),
+                      check_gradients=False)
+    opt = build(cls, problem, **({"m": 2} if cls is Adam else {}))
+    for _ in range(3):
+        opt.step()
+    assert torch.equal(model.body[0].weight, frozen) and model.body[0].weight.grad is None
+    assert torch.equal(model.spare.weight, spare)
+
+
+def test_a_group_of_frozen_parameters_only_is_refused():
+    model = make_model()
+    model[0].requires_grad_(False)
+    with pytest.raises(ValueError, match="no parameter that requires grad"):
+        GDA([{"params": model[0].parameters()}, {"params": model[2].parameters()}], m=2)
+
+
+def test_sslalm_group_added_later_is_anchored_and_checked():
+    problem = make_problem()
+    params = list(problem.model.parameters())
+    opt = SSLALM(params[:2], problem=problem)
+    opt.add_param_group({"params": params[2:], "tau": 0.01})
+    opt.step()
+    assert all("anchor" in opt.state[p] for p in params)
+    with pytest.raises(ValueError, match="beta"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(1))], "beta": 0.0})
+    assert len(opt.param_groups) == 2
+
+
+def test_resume_with_a_sampler_of_its_own_generator():
+    data = TensorDataset(torch.arange(40.0))
+
+    def source():
+        sampler = torch.utils.data.RandomSampler(data, generator=torch.Generator())
+        return LoaderSource(DataLoader(data, batch_size=5, sampler=sampler), seed=7)
+
+    first = source()
+    [first() for _ in range(9)]  # into the second epoch
+    saved = first.state_dict()
+    expected = [first()[0].tolist() for _ in range(12)]
+    second = source()
+    second.load_state_dict(saved)
+    assert [second()[0].tolist() for _ in range(12)] == expected
+
+
+def test_probe_restores_the_buffers_when_a_check_fails():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+    before = model[1].running_mean.clone()
+    with pytest.raises(ValueError, match=r"expected 3 values \(m=3\)"):
+        Problem(model, loss, constraints, data=DataLoader(regression_data(), batch_size=32), m=3)
+    assert torch.equal(model[1].running_mean, before)
+
+
+def test_a_loss_on_its_own_loader_is_checked_too():
+    def per_row(model, batch):
+        x, y, _ = batch
+        return (model(x).squeeze(-1) - y) ** 2
+
+    with pytest.raises(ValueError, match="it must be a scalar"):
+        Problem(make_model(), per_row, constraints, data=DataLoader(regression_data(), batch_size=32),
+                constraint_data=DataLoader(regression_data(), batch_size=32))
+
+
+def test_an_inactive_hinge_is_accepted_with_a_warning():
+    def hinge(model, batch):
+        x, y, in_a = batch
+        return torch.relu(model(x).mean() - 10.0)  # inactive: zero gradient at the start
+
+    with pytest.warns(UserWarning, match="zero gradient in every parameter"):
+        problem = Problem(make_model(), loss, hinge, data=DataLoader(regression_data(), batch_size=32))
+    assert problem.m == 1

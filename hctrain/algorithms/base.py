@@ -94,6 +94,7 @@ class ConstrainedOptimizer(torch.optim.Optimizer):
             param_group["lr"] = value
         check_group_hyperparameters(self, param_group, len(self.param_groups))
         super().add_param_group(param_group)
+        drop_frozen(self)
 
     @classmethod
     def from_problem(cls, problem: StochasticProblem, **hyper: Any) -> "ConstrainedOptimizer":
@@ -359,6 +360,19 @@ def check_state_dict(optimizer: torch.optim.Optimizer, state_dict: Any) -> None:
         elif isinstance(mine, list):
             which = ": the state was saved for another model"
         raise ValueError(f"the state's {field!r} has shape {theirs}, this {name}'s has {mine}{which}")
+
+
+def drop_frozen(optimizer: torch.optim.Optimizer) -> None:
+    """Leave the parameters that do not require grad (a frozen layer) out of the group just
+    added: the algorithms differentiate their parameters, which a frozen one cannot be (torch's
+    optimizers skip them too, as their .grad stays None)."""
+    group = optimizer.param_groups[-1]
+    trainable = [p for p in group["params"] if p.requires_grad]
+    if not trainable:
+        optimizer.param_groups.pop()
+        raise ValueError(f"parameter group {len(optimizer.param_groups)} has no parameter that requires "
+                         "grad (all frozen): leave it out, or unfreeze them (requires_grad_(True))")
+    group["params"] = trainable
 
 
 def check_group_hyperparameters(optimizer: torch.optim.Optimizer, group: Any, index: int) -> None:

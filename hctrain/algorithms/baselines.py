@@ -75,8 +75,8 @@ class Adam(torch.optim.Adam):
 
     def _step_on(self, loss: Tensor) -> dict[str, Tensor]:
         check_values(None, loss)
-        params = self.params
-        grads = torch.autograd.grad(loss, params)
+        params = [p for p in self.params if p.requires_grad]  # a frozen layer keeps .grad None
+        grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
         for p, g in zip(params, grads):
             p.grad = g
         super().step()

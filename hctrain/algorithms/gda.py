@@ -56,7 +56,8 @@ class GDA(ConstrainedOptimizer):
         y = self.dual
         # grad f + J_c^T y from one backward pass seeded with (1, y): the gradient of
         # f + y . c without recording the dot product
-        grads = torch.autograd.grad((loss, c), self.params, grad_outputs=(None, y.to(c.dtype)))
+        grads = torch.autograd.grad((loss, c), self.params, grad_outputs=(None, y.to(c.dtype)),
+                                    allow_unused=True, materialize_grads=True)
         with torch.no_grad():
             start = 0
             for g in self.param_groups:  # each group's own lr (a scheduler may set them apart)

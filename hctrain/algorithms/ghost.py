@@ -473,7 +473,9 @@ class StochasticGhost(ConstrainedOptimizer):
             eye = torch.eye(rows, dtype=outputs.dtype, device=outputs.device)
             grads = torch.autograd.grad(outputs, params, grad_outputs=eye, is_grads_batched=True,
                                         allow_unused=True, materialize_grads=True)
-            return torch.cat([gr.reshape(rows, -1) for gr in grads], dim=1)
+            # a parameter that no output reads comes back as one (unbatched) zero tensor
+            return torch.cat([gr.reshape(rows, -1) if gr.dim() == p.dim() + 1 and gr.shape[0] == rows
+                              else gr.new_zeros(rows, p.numel()) for gr, p in zip(grads, params)], dim=1)
         jac = []
         for i in range(rows):
             grads = torch.autograd.grad(outputs[i], params, retain_graph=i + 1 < rows,

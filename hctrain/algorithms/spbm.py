@@ -191,7 +191,9 @@ class SPBM(ConstrainedOptimizer):
     exponential dual averaging on lambda, a penalty schedule on p (see the module docstring).
 
     ``dual`` (lambda) and ``penalty_parameters`` (p) are m-vectors in ``algorithm_state``.
-    ``lr`` is the inner Adam's; after a step ``.grad`` holds G_k, the gradient Adam was given.
+    ``lr`` is the inner Adam's; after a step ``.grad`` holds G_k, the gradient Adam was given
+    (a view of SPBM's own buffer, overwritten by the next step, as a backward pass would
+    accumulate into a ``.grad`` of torch's: clone it to keep it).
     ``step(loss=f, constraints=c)`` runs the same update on values computed in the caller's loop.
     """
 

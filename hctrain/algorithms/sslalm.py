@@ -142,6 +142,25 @@ class SSLALM(ConstrainedOptimizer):
         state["slack"] = torch.zeros(m, dtype=like.dtype, device=like.device)
         state["slack_anchor"] = torch.zeros(m, dtype=like.dtype, device=like.device)
         state["dual_resets"] = torch.zeros((), dtype=torch.long, device=like.device)
+        self._built = True
+
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's ``add_param_group``; a group added after construction is checked as the
+        constructor checks its groups, and its weights get their anchors z_0 = x_0."""
+        super().add_param_group(param_group)
+        if not getattr(self, "_built", False):
+            return  # during __init__: checked and anchored there
+        group = self.param_groups[-1]
+        try:
+            check_positive("lr (tau)", group["lr"])
+            check_nonnegative("mu", group["mu"])
+            check_interval("beta", group["beta"], 0.0, 1.0, low_open=True)
+        except ValueError:
+            self.param_groups.pop()
+            raise
+        with torch.no_grad():
+            for p in group["params"]:
+                self.state[p]["anchor"] = p.detach().clone()
 
     @property
     def dual(self) -> Tensor:

@@ -292,13 +292,13 @@ class SwitchingSubgradient(ConstrainedOptimizer):
         if objective_step:
             loss = problem.objective(problem.sample_objective())
             check_finite(self.m, loss)
-            grads = torch.autograd.grad(loss, params)
+            grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
             step_constraint = nan
         else:
             c = problem.constraints(problem.sample_constraints())
             check_finite(self.m, None, c)
             c_scalar = self.scalarize(c)
-            grads = torch.autograd.grad(c_scalar, params)
+            grads = torch.autograd.grad(c_scalar, params, allow_unused=True, materialize_grads=True)
             loss, step_constraint = nan, c_scalar.detach()
 
         # Nothing has changed so far; from here on the iteration is committed.
