@@ -250,6 +250,7 @@ class StackedFairnessConstraints:
                  population_shares: Sequence[float] | Tensor | None = None):
         self.parts = [GroupFairnessConstraints(group_names, bound, kind, s, population_shares)
                       for s in statistics]
+        self._takes_labels = [needs_labels(s) for s in statistics]  # inspect, once, not per step
         self.group_names = list(group_names)
         self.kind = kind
         self.names = [f"{statistic_name(part.statistic)} {name}" for part in self.parts for name in part.names]
@@ -275,12 +276,12 @@ class StackedFairnessConstraints:
     def from_logits(self, logits: Tensor, sens: Tensor, *labels: Tensor) -> Tensor:
         """Every block's constraints of ``sigmoid(logits)``, concatenated; ``labels`` go to the
         statistics that take them."""
-        return torch.cat([part.from_logits(logits, sens, *(labels if needs_labels(part.statistic) else ()))
-                          for part in self.parts])
+        return torch.cat([part.from_logits(logits, sens, *(labels if takes else ()))
+                          for part, takes in zip(self.parts, self._takes_labels)])
 
     def __call__(self, probs: Tensor, sens: Tensor, *labels: Tensor) -> Tensor:
-        return torch.cat([part(probs, sens, *(labels if needs_labels(part.statistic) else ()))
-                          for part in self.parts])
+        return torch.cat([part(probs, sens, *(labels if takes else ()))
+                          for part, takes in zip(self.parts, self._takes_labels)])
 
 
 _SIGMOID_BACKWARD = torch.ops.aten.sigmoid_backward.default  # autograd's own sigmoid backward

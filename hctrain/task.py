@@ -20,7 +20,7 @@ from .data import BalancedGroupSampler, FairnessData
 from .fairness import (ConstraintKind, GroupFairnessConstraints, StackedFairnessConstraints, needs_labels,
                        statistic_name)
 from .models import paper_mlp
-from .problem import Batch, StochasticProblem, TensorSampler
+from .problem import Batch, StochasticProblem, TensorSampler, check_constraint_values
 
 SPLITS = ("train", "test")
 
@@ -90,7 +90,8 @@ class ProblemTask:
         try:
             for split, batch in self.splits.items():
                 out[(split, "loss")] = float(problem.loss_fn(model, batch))
-                values = torch.as_tensor(problem.constraint_fn(model, batch)).reshape(-1).tolist()
+                values = check_constraint_values(problem.constraint_fn(model, batch), self.m,
+                                                 "constraints(model, batch)").tolist()
                 for name, value in zip(self.constraint_names, values):
                     out[(split, constraint_metric(name))] = value
                 for metric, fn in self.metrics.items():

@@ -17,7 +17,7 @@ from torch import Tensor
 from ..problem import StochasticProblem, check_loss
 from ..checks import check_integer, check_number
 from .base import (ALGORITHM_STATE, check_adam_hyperparameters, check_group_hyperparameters,
-                   check_nonnegative, check_state_dict, check_values, tag_state_dict)
+                   check_nonnegative, check_state_dict, check_values, drop_frozen, tag_state_dict)
 
 
 class Adam(torch.optim.Adam):
@@ -75,7 +75,7 @@ class Adam(torch.optim.Adam):
 
     def _step_on(self, loss: Tensor) -> dict[str, Tensor]:
         check_values(None, loss)
-        params = [p for p in self.params if p.requires_grad]  # a frozen layer keeps .grad None
+        params = self.params  # frozen parameters were left out (drop_frozen): their .grad stays None
         grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
         for p, g in zip(params, grads):
             p.grad = g
@@ -89,6 +89,7 @@ class Adam(torch.optim.Adam):
             check_adam_hyperparameters(param_group["lr"], param_group.get("betas", (0.9, 0.999)),
                                        param_group.get("eps", 1e-8))
         super().add_param_group(param_group)
+        drop_frozen(self)
 
     def state_dict(self) -> dict[str, Any]:
         return tag_state_dict(self, super().state_dict())
