@@ -180,6 +180,12 @@ def _names(name: str, value: Any) -> Any:
     return list(value)
 
 
+def _positive_list(name: str, value: Any) -> Any:
+    if not (isinstance(value, (list, tuple)) and value):
+        raise ValueError(f"{name} must be a non-empty list of positive numbers, got {_shown(value)}")
+    return [check_number(f"{name}[{i}]", v, low=0.0, low_open=True) for i, v in enumerate(value)]
+
+
 def _counts(name: str, value: Any) -> Any:
     if not (isinstance(value, (list, tuple)) and value):
         raise ValueError(f"{name} must be a non-empty list of integers, got {_shown(value)}")
@@ -209,6 +215,11 @@ CHAPTER_PARAMETERS = {
     "contestants": _names,
     # chapter 10 (your own constraints)
     "eval_every_steps": _count,
+    # what a training batch estimates (FairnessTask's estimate), and the batches that show it
+    "estimate": lambda n, v: check_choice(n, v, ("population", "batch")),
+    "n_batches": _count,
+    # short side runs of a chapter (a sweep, an ablation, an exercise's solution)
+    "sweep_budget_s": _positive, "ablation_budget_s": _positive, "weights": _positive_list,
 }
 """How a chapter's protocol parameters are checked, by name (each chapter's algorithm
 hyperparameters are checked by the algorithm itself, before its first run)."""

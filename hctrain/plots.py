@@ -1,8 +1,8 @@
-"""Figure 1 of the paper: per algorithm, the loss then one panel per constraint, over time.
+"""Figure 1 of the paper, redrawn for a page: the loss then one panel per constraint, over time.
 
-Train in blue and test in orange; a line for the mean over runs and a band from the lowest to
-the highest run. Constraint panels show the constrained quantity (e.g. |PR_g - PR|), i.e. the
-recorded c_i plus the bound, with the bound drawn as a dashed line.
+Each algorithm a colour, test solid and train dashed; a line for the mean over runs and a band
+from the lowest to the highest run. Constraint panels show the constrained quantity (e.g.
+|PR_g - PR|), i.e. the recorded c_i plus the bound, with the bound drawn as a dotted line.
 """
 from __future__ import annotations
 
@@ -13,6 +13,21 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 SPLIT_COLOURS = {"train": "tab:blue", "test": "tab:orange"}
+SPLIT_STYLES = {"test": "-", "train": "--", "validation": "-."}
+
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442"]
+"""Okabe and Ito's palette, distinguishable with the common colour-vision deficiencies (yellow
+last: it is faint on white)."""
+
+METHOD_COLOURS = {
+    "Adam": "#000000", "Adam + fairret (w=0.3)": "#56B4E9", "GDA": "#CC79A7", "LinearizedALM": "#F0E442",
+    "SSL-ALM": "#0072B2", "SSw": "#E69F00", "Stochastic Ghost": "#009E73", "SPBM": "#D55E00",
+}
+"""The colour of each of the book's methods, the same in every chapter."""
+
+FONT_SIZES = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9.5,
+              "ytick.labelsize": 9.5, "legend.fontsize": 9.5}
+"""Sizes for a figure shown at its own width (about 7.6 in) on the book's page."""
 
 
 def constraint_metrics(records: pd.DataFrame) -> list[str]:
@@ -42,56 +57,89 @@ def band(records: pd.DataFrame, metric: str, split: str) -> pd.DataFrame:
     return sub.groupby("t")["value"].agg(["mean", "min", "max"]).reset_index()
 
 
+def colours_for(labels: list[str]) -> dict[str, str]:
+    """A colour per label: the book's colour for a method it knows (the same in every chapter),
+    then the unused Okabe-Ito colours, in order, for the others."""
+    colours = {label: METHOD_COLOURS[label] for label in labels if label in METHOD_COLOURS}
+    spare = [c for c in OKABE_ITO if c not in colours.values()]
+    for label in labels:
+        if label not in colours:
+            colours[label] = spare.pop(0) if spare else OKABE_ITO[len(colours) % len(OKABE_ITO)]
+    return colours
+
+
 def figure1(
     records: pd.DataFrame,
     bound: float,
     algorithms: list[str] | None = None,
     metrics: list[str] | None = None,
     resolution_s: float | None = None,
-    panel_size: tuple[float, float] = (2.6, 2.1),
+    splits: tuple[str, ...] = ("train", "test"),
+    ncols: int = 3,
+    panel_size: tuple[float, float] = (2.55, 2.0),
     constraint_labels: dict[str, str] | None = None,
 ) -> Figure:
-    """One row per algorithm: loss, then each constraint, train and test, mean and min-max band."""
+    """The paper's Figure 1 redrawn for a page: one panel per metric (the loss, then each
+    constraint), the algorithms as lines in every panel (one colour each, from a colour-blind-safe
+    palette), the splits as line styles (test solid, train dashed), mean over runs with a band from
+    the lowest to the highest run. ``ncols`` panels per row; at the default size the figure is
+    7.65 in wide, so the book shows it at its own size and its labels read at 9 pt or more."""
     if records.empty:
         raise ValueError("no records to plot: run an experiment first")
     algorithms = algorithms or list(pd.unique(records["algorithm"]))
     unknown = set(algorithms) - set(records["algorithm"])
     if unknown:
         raise ValueError(f"no records for algorithms {sorted(unknown)}; recorded: {sorted(set(records['algorithm']))}")
+    bad = [s for s in splits if s not in SPLIT_STYLES]
+    if bad or not splits:
+        raise ValueError(f"splits must be a non-empty subset of {tuple(SPLIT_STYLES)}, got {splits!r}")
     metrics = metrics or ["loss", *constraint_metrics(records)]
     gridded = on_time_grid(records, resolution_s)
-    sns.set_theme(style="whitegrid", context="paper")
-    fig, axes = plt.subplots(len(algorithms), len(metrics), squeeze=False, sharex=True, sharey="col",
-                             figsize=(panel_size[0] * len(metrics), panel_size[1] * len(algorithms)),
-                             layout="constrained")
-    for row, algorithm in enumerate(algorithms):
-        mine = gridded[gridded["algorithm"] == algorithm]
-        for col, metric in enumerate(metrics):
-            ax = axes[row, col]
+    colours = colours_for(algorithms)
+    ncols = max(1, min(ncols, len(metrics)))
+    nrows = -(-len(metrics) // ncols)
+    with sns.axes_style("whitegrid"), plt.rc_context(FONT_SIZES):
+        fig, axes = plt.subplots(nrows, ncols, squeeze=False, sharex=True,
+                                 figsize=(panel_size[0] * ncols, panel_size[1] * nrows + 0.55),
+                                 layout="constrained")
+        constraint_axes = []
+        for index, metric in enumerate(metrics):
+            ax = axes.flat[index]
             is_constraint = metric.startswith("c[")
             offset = bound if is_constraint else 0.0
-            for split, colour in SPLIT_COLOURS.items():
-                stats = band(mine, metric, split)
-                if stats.empty:
-                    continue
-                ax.plot(stats["t"], stats["mean"] + offset, color=colour, lw=1.2, label=split)
-                ax.fill_between(stats["t"], stats["min"] + offset, stats["max"] + offset, color=colour,
-                                alpha=0.25, lw=0)
+            for algorithm in algorithms:
+                mine = gridded[gridded["algorithm"] == algorithm]
+                for split in splits:
+                    stats = band(mine, metric, split)
+                    if stats.empty:
+                        continue
+                    ax.plot(stats["t"], stats["mean"] + offset, color=colours[algorithm], lw=1.3,
+                            ls=SPLIT_STYLES[split])
+                    ax.fill_between(stats["t"], stats["min"] + offset, stats["max"] + offset,
+                                    color=colours[algorithm], alpha=0.12 if split == "train" else 0.2, lw=0)
+            title = metric
             if is_constraint:
-                ax.axhline(bound, color="black", ls="--", lw=0.9, label="bound")
-            if row == 0:
-                title = metric if not is_constraint else metric[2:-1]
-                if constraint_labels and metric in constraint_labels:
-                    title = constraint_labels[metric]
-                ax.set_title(title, fontsize=9)
-            if col == 0:
-                ax.set_ylabel(f"{algorithm}\nloss", fontsize=9)
-            elif col == 1:
-                ax.set_ylabel("constraint gap", fontsize=9)
-            if row == len(algorithms) - 1:
+                ax.axhline(bound, color="black", ls=":", lw=1.1)
+                title = (constraint_labels or {}).get(metric, metric[2:-1])
+                constraint_axes.append(ax)
+            ax.set_title(title)
+            if index % ncols == 0:
+                ax.set_ylabel("constraint gap" if is_constraint else "loss")
+            if index >= len(metrics) - ncols:
                 ax.set_xlabel("time (s)")
-    handles, labels = axes[0, -1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False)
+                ax.tick_params(labelbottom=True)
+        for ax in axes.flat[len(metrics):]:
+            ax.set_visible(False)
+        if constraint_axes:  # one scale for every constraint, so that panels compare at a glance
+            low = min(ax.get_ylim()[0] for ax in constraint_axes)
+            high = max(ax.get_ylim()[1] for ax in constraint_axes)
+            for ax in constraint_axes:
+                ax.set_ylim(low, high)
+        handles = [plt.Line2D([], [], color=colours[a], lw=2.2, label=a) for a in algorithms]
+        handles += [plt.Line2D([], [], color="0.25", lw=1.3, ls=SPLIT_STYLES[s], label=s) for s in splits]
+        if constraint_axes:
+            handles.append(plt.Line2D([], [], color="black", ls=":", lw=1.1, label=f"bound {bound:g}"))
+        fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 4), frameon=False)
     return fig
 
 

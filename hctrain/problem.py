@@ -136,6 +136,7 @@ class StochasticProblem(_Sampled):
         constraint_sampler: BatchSampler | None = None,
         constraint_names: list[str] | None = None,
         n_groups: int | None = None,
+        epoch_length: int | None = None,
     ):
         if m < 1:
             raise ValueError(f"m (the number of constraints) must be >= 1, got {m}")
@@ -148,6 +149,7 @@ class StochasticProblem(_Sampled):
         self.shares_samples = constraint_sampler is None
         self.constraint_names = constraint_names or [f"c{i}" for i in range(m)]
         self.n_groups = n_groups
+        self.epoch_length = epoch_length  # draws per pass over the training data (None: unknown)
         self.seed: int | None = None  # set by whoever builds the problem from a seed
         self.params: list[nn.Parameter] = [p for p in model.parameters() if p.requires_grad]
 
@@ -169,6 +171,15 @@ class StochasticProblem(_Sampled):
 
 
 # --- problems from ordinary PyTorch pieces -------------------------------------------------------
+
+def _epoch_length(source: Any) -> int | None:
+    """Batches per pass of a loader source (``len(loader)``); None when unknown."""
+    loader = getattr(source, "loader", None)
+    try:
+        return len(loader) if loader is not None else None
+    except TypeError:  # an iterable-style dataset has no length
+        return None
+
 
 UserLossFn = Callable[[nn.Module, Any], Tensor]
 UserConstraintFn = Callable[[nn.Module, Any], Tensor]
@@ -295,6 +306,7 @@ class Problem(_Sampled):
         if not self.params:
             raise ValueError("the model has no parameters that require grad: there is nothing to train")
         self.n_groups = n_groups
+        self.epoch_length = _epoch_length(self.objective_sampler)
         self.m = None if m is None else int(m)
         self._check_gradients = bool(check_gradients)
         self.m = self._probe(m)

@@ -51,3 +51,60 @@ def final_per_cell(records: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     table["max_c"] = values[constraints].max(axis=1)
     table["feasible"] = table["max_c"] <= 0
     return table.reset_index()
+
+
+def slug(text: object) -> str:
+    """``text`` as a glue name part: lower case, runs of other characters as one ``_``
+    (``"Adam + fairret (w=0.3)"`` -> ``"adam_fairret_w_0_3"``, ``"SSL-ALM"`` -> ``"ssl_alm"``)."""
+    import re
+
+    return re.sub(r"[^0-9a-z]+", "_", str(text).lower()).strip("_")
+
+
+def glue_table(prefix: str, table: pd.DataFrame | pd.Series) -> list[str]:
+    """Glue every value of ``table`` for the chapter's prose (myst-nb ``glue``, not displayed):
+    the value in row ``r``, column ``c`` as ``{prefix}_{slug(r)}_{slug(c)}`` (a Series: as
+    ``{prefix}_{slug(r)}``). Numbers are glued as plain floats or ints, so that the text can format
+    them (``{glue:text}`name:.3f```). Returns the names glued."""
+    from myst_nb import glue
+
+    frame = table.to_frame(name="") if isinstance(table, pd.Series) else table
+    names = []
+    for row, values in frame.iterrows():
+        for column, value in values.items():
+            parts = [prefix, slug(row), slug(column)]
+            name = "_".join(p for p in parts if p)
+            if isinstance(value, bool):
+                value = bool(value)
+            elif isinstance(value, int) or (hasattr(value, "dtype") and "int" in str(value.dtype)):
+                value = int(value)
+            elif isinstance(value, float) or hasattr(value, "dtype"):
+                value = float(value)
+            glue(name, value, display=False)
+            names.append(name)
+    return names
+
+
+def per_run_table(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per (algorithm, run): the last evaluation's loss, accuracy and largest constraint
+    value max_g c_g on train and test (a positive value is a violation), and whether every
+    constraint held there."""
+    final = final_values(records)
+    constraint = final["metric"].str.startswith("c[")
+    rows = []
+    keys = ["algorithm", "run"]
+    for split in ("train", "test"):
+        mine = final[final["split"] == split]
+        wide = mine[~mine["metric"].str.startswith("c[")].pivot_table(index=keys, columns="metric", values="value")
+        wide = wide.rename(columns=lambda m: f"{split} {m}")
+        worst = mine[constraint[mine.index]].groupby(keys)["value"].max().rename(f"largest {split} c")
+        rows.append(wide.join(worst))
+    table = rows[0].join(rows[1])
+    for split in ("train", "test"):
+        table[f"inside on {split}"] = table[f"largest {split} c"] <= 0
+    first = [f"{s} {m}" for s in ("train", "test") for m in ("loss", "accuracy") if f"{s} {m}" in table]
+    table = table[first + [c for c in table.columns if c not in first]]
+    order = list(pd.unique(records["algorithm"]))
+    table = table.reset_index()
+    table["algorithm"] = pd.Categorical(table["algorithm"], order, ordered=True)
+    return table.sort_values(keys).set_index(keys)

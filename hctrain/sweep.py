@@ -53,7 +53,7 @@ METHODS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "LinearizedALM": ("LinearizedALM", "LinearizedALM", {}),
     "SSL-ALM": ("SSL-ALM", "SSLALM", {}),
     "SSw": ("SSw", "SwitchingSubgradient", {}),
-    "Ghost": ("Stochastic Ghost", "StochasticGhost", {}),
+    "Ghost": ("Stochastic Ghost", "StochasticGhost", {"gamma0": 0.05, "zeta": 0.05}),  # the paper's
     "SPBM": ("SPBM", "SPBM", {}),
 }
 """Method name -> (label in the records, class in ``hctrain.algorithms``, the book's
@@ -63,7 +63,7 @@ CELL_DEFAULTS: dict[str, Any] = {
     "state": "VA", "year": 2018, "protected": "MAR", "bound": 0.05, "constraint": "one_vs_overall",
     "batch_per_group": 32, "data_seed": 0, "seed": 0, "budget_s": None, "max_steps": None,
     "eval_every_s": None, "eval_every_steps": None, "separate_constraint_sampler": False,
-    "download": False, "hyper": {},
+    "estimate": "population", "download": False, "hyper": {},
 }
 """Every cell parameter but ``method``, with its default: the book's protocol (the data split of
 ``data_seed``, run seed ``seed``). ``download=False`` reads the offline cache; with True each
@@ -132,7 +132,7 @@ def run_cell(cell: Mapping[str, Any]) -> pd.DataFrame:
     full = normalize(cell)
     data = _data(full["state"], full["year"], full["protected"], full["data_seed"], full["download"])
     task = FairnessTask(data, bound=full["bound"], constraint=full["constraint"],
-                        batch_per_group=full["batch_per_group"])
+                        batch_per_group=full["batch_per_group"], estimate=full["estimate"])
     label, class_name, book = METHODS[full["method"]]
     hyper = {**book, **full["hyper"]}
     cls = getattr(algorithms, class_name)

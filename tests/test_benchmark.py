@@ -26,7 +26,9 @@ HAS_COOPER = peers.available()["cooper-optim"]
 
 @pytest.fixture(scope="module")
 def task() -> FairnessTask:
-    return FairnessTask(load_acsincome("VA", download=False, verbose=False), bound=0.05, batch_per_group=8)
+    # the batch mean loss, as the plain torch.optim.Adam loop it is compared with
+    return FairnessTask(load_acsincome("VA", download=False, verbose=False), bound=0.05, batch_per_group=8,
+                        estimate="batch")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def factory(task) -> bench.ProblemFactory:
 def violated() -> bench.ProblemFactory:
     """Bound 0: every |PR_g - PR| - 0 > 0 at the start, so the duals must move."""
     data = load_acsincome("VA", download=False, verbose=False)
-    return bench.task_problem(FairnessTask(data, bound=0.0, batch_per_group=8), pool_size=4)
+    return bench.task_problem(FairnessTask(data, bound=0.0, batch_per_group=8, estimate="batch"), pool_size=4)
 
 
 def contestant(name: str) -> bench.Contestant:

@@ -420,7 +420,7 @@ def test_state_dict_round_trip(separate):
     hyperparameters, another problem seed), k more steps: the same iterate, bit for bit, as 2k
     uninterrupted steps; the hyperparameters and the level generator come back with the state."""
     q = NoisyQuadratic.example()
-    hyper = dict(seed=7, gamma0=0.5, zeta=0.6, max_level=3, tau=2.0)
+    hyper = dict(seed=7, gamma0=0.3, zeta=0.7, max_level=3, tau=2.0)
     k = 8
 
     prob = q.problem(seed=4, separate_constraint_sampler=separate)
@@ -433,10 +433,10 @@ def test_state_dict_round_trip(separate):
     levels = [int(algo.step(prob)["N"]) for _ in range(k)]
     saved = checkpoint(prob, algo)
     prob = q.problem(seed=99, separate_constraint_sampler=separate)
-    algo = StochasticGhost.from_problem(prob)  # defaults: seed 0, gamma0 0.05, ...
+    algo = StochasticGhost.from_problem(prob)  # defaults: seed 0, gamma0 0.5, zeta 0.6, ...
     restore(saved, prob, algo)
     group = algo.param_groups[0]
-    assert (group["seed"], group["lr"], group["zeta"], group["max_level"], group["tau"]) == (7, 0.5, 0.6, 3, 2.0)
+    assert (group["seed"], group["lr"], group["zeta"], group["max_level"], group["tau"]) == (7, 0.3, 0.7, 3, 2.0)
     levels += [int(algo.step(prob)["N"]) for _ in range(k)]
     assert levels == levels_full and len(set(levels)) > 1
     assert torch.equal(prob.params[0].detach(), x_full)

@@ -128,28 +128,95 @@ def assert_same(a: Any, b: Any) -> None:
 
 @pytest.mark.parametrize("penalty", PENALTIES)
 @pytest.mark.parametrize("schedule,delta", [("stabilised", 1.0), ("stabilised", 2.0), ("diminishing", 1.0)])
-def test_dual_and_penalty_recursions(penalty, schedule, delta):
-    """lambda and p follow the module docstring's recursions, clamps included, step by step."""
+@pytest.mark.parametrize("psi_at", ["c", "c/p"])
+def test_dual_and_penalty_recursions(penalty, schedule, delta, psi_at):
+    """lambda and p follow the module docstring's recursions, clamps included, step by step: the
+    dual from phi'(c/p); the stabilised schedule's psi from phi'(c) (the reference's) or phi'(c/p)."""
     offsets = [0.3 * math.sin(k / 3.0) + (2.0 if k % 17 == 0 else 0.0) for k in range(60)]
     fake = Fake(m=1, offsets=offsets)
     problem = fake.problem()
-    algo = SPBM.from_problem(problem, penalty=penalty, schedule=schedule, delta=delta, lambda_max=0.05)
+    algo = SPBM.from_problem(problem, penalty=penalty, schedule=schedule, delta=delta, lambda_max=0.05,
+                             psi_at=psi_at)
+    assert algo.param_groups[0]["annealing"] is False  # no epoch length known: constant gamma and K
     dphi = PENALTY_BARRIER_FUNCTIONS[penalty][1]
     lam, p = 1e-4, 1.0
     for k in range(60):
         c = offsets[k]
         d = float(dphi(torch.tensor(c / p, dtype=torch.float64)))
+        d_psi = d if psi_at == "c/p" else float(dphi(torch.tensor(c, dtype=torch.float64)))
         algo.step(problem)
         lam = min(max(0.9 * lam + 0.1 * lam * d, 1e-4), 0.05)
         if schedule == "diminishing":
             p = 0.9 * p
         else:
-            psi = d if d < 1 else delta * d
+            psi = d_psi if d_psi < 1 else delta * d_psi
             p = 0.9 * p + 0.1 * p / psi
         p = min(max(p, 0.1), 1.0)
         assert float(algo.dual[0]) == pytest.approx(lam, rel=1e-12)
         assert float(algo.penalty_parameters[0]) == pytest.approx(p, rel=1e-12)
     assert algo.iteration == 60
+
+
+def test_annealed_gamma_and_K_follow_the_reference_schedules():
+    """With an epoch length E, step k uses epoch e = k // E and gamma_e = 1 - 1/(sqrt(e) + 1/(1 - gamma)),
+    K_e = 1 - 1/(sqrt(e) + 1/(1 - K)) (humancompatible-train's pbm.py); both start at gamma and K
+    and tend to 1. The recursion is checked for 40 steps over 8 epochs; without annealing, or with
+    the epoch counted from 1, it is not met."""
+    offsets = [0.2 * math.cos(k / 2.0) + 0.05 for k in range(40)]
+
+    def trajectory(**hyper):
+        fake = Fake(m=1, offsets=offsets)
+        problem = fake.problem()
+        algo = SPBM.from_problem(problem, **hyper)
+        out = []
+        for _ in range(40):
+            algo.step(problem)
+            out += [float(algo.dual[0]), float(algo.penalty_parameters[0])]
+        return algo, out
+
+    algo, got = trajectory(epoch_length=5, gamma=0.8, K=0.7)
+    assert algo.param_groups[0]["annealing"] is True
+    dphi = PENALTY_BARRIER_FUNCTIONS["quadratic_logarithmic"][1]
+    lam, p, expected = 1e-4, 1.0, []
+    for k, c in enumerate(offsets):
+        e = k // 5
+        gamma = 1 - 1 / (math.sqrt(e) + 1 / 0.2)
+        K = 1 - 1 / (math.sqrt(e) + 1 / 0.3)
+        d = float(dphi(torch.tensor(c / p, dtype=torch.float64)))
+        psi = float(dphi(torch.tensor(c, dtype=torch.float64)))
+        lam = min(max(gamma * lam + (1 - gamma) * lam * d, 1e-4), 100.0)
+        p = min(max(K * p + (1 - K) * p / psi, 0.1), 1.0)
+        expected += [lam, p]
+    assert got == pytest.approx(expected, rel=1e-12)
+    _, constant = trajectory(epoch_length=5, gamma=0.8, K=0.7, annealing=False)
+    assert constant != pytest.approx(expected, rel=1e-6)
+    assert constant[:10] == pytest.approx(expected[:10], rel=1e-12)  # epoch 0: gamma_0 = gamma, K_0 = K
+    with pytest.raises(ValueError, match="epoch_length"):
+        SPBM([torch.nn.Parameter(torch.zeros(2))], m=1, annealing=True)
+    with pytest.raises(ValueError, match="epoch_length"):
+        SPBM([torch.nn.Parameter(torch.zeros(2))], m=1, epoch_length=0)
+
+
+def test_problems_of_the_book_carry_their_epoch_length():
+    """FairnessTask's problems: a pass over the training rows in balanced batches; a Problem over a
+    DataLoader: len(loader). SPBM.from_problem then anneals by it."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from hctrain.problem import Problem
+    from hctrain.task import FairnessTask
+    from test_metrics import tiny_data
+
+    task = FairnessTask(tiny_data(n_per_group=20), batch_per_group=4)
+    problem = task.problem(0)
+    assert problem.epoch_length == 5  # 60 rows in batches of 3 x 4
+    loader = DataLoader(TensorDataset(torch.randn(50, 3), torch.rand(50)), batch_size=8, shuffle=True)
+    model = torch.nn.Linear(3, 1)
+    own = Problem(model, lambda m, b: m(b[0]).squeeze(-1).sub(b[1]).pow(2).mean(),
+                  lambda m, b: m(b[0]).mean().reshape(1) - 1.0, data=loader)
+    assert own.epoch_length == 7 and SPBM.from_problem(own).param_groups[0]["epoch_length"] == 7
+    algo = SPBM.from_problem(problem)
+    assert algo.param_groups[0]["epoch_length"] == problem.epoch_length
+    assert algo.param_groups[0]["annealing"] is True
 
 
 def test_primal_gradient_is_the_penalty_barrier_objective_and_one_backward(monkeypatch):
@@ -184,9 +251,9 @@ def test_primal_gradient_is_the_penalty_barrier_objective_and_one_backward(monke
 
 def test_defaults_wake_the_dual_on_acsincome_scale_violations():
     """No arguments but params and m. A constant violation c = 0.1 (the scale of |PR_g - PR| - 0.05
-    on ACSIncome): the stabilised schedule brings p to p_min = 0.1 (slowly at first: psi = phi'(0.1)
-    = 1.1 shrinks p by only 0.9 + 0.1/1.1 = 0.991 per step), while lambda grows by
-    1 + (1 - gamma) c / p per step, 1.1 once p = 0.1. Measured: p = 0.1 at step 113, lambda >= 1 at 178."""
+    on ACSIncome): the stabilised schedule brings p to p_min = 0.1 (psi = phi'(0.1) = 1.1 shrinks p
+    by 0.9 + 0.1/1.1 = 0.991 per step, so in 253 steps), while lambda grows by 1 + (1 - gamma) c / p
+    per step, 1.1 once p = 0.1. Measured: lambda >= 1 at step 249."""
     fake = Fake(m=1, offsets=[0.1])
     problem = fake.problem()
     algo = SPBM(problem.params, m=1)
@@ -198,7 +265,7 @@ def test_defaults_wake_the_dual_on_acsincome_scale_violations():
                 steps[level] = k
     assert float(algo.penalty_parameters[0]) == pytest.approx(0.1)
     # ln(1e4) / ln(1.1) = 97 steps at the final rate; more while p is still falling
-    assert 150 <= steps[1.0] <= 200, steps
+    assert 220 <= steps[1.0] <= 270, steps
     assert float(algo.dual[0]) == 100.0  # and it keeps growing up to lambda_max
 
 
@@ -393,13 +460,13 @@ class TwoParameterProblem:
         return 0.5 * (z - eps[:5]).pow(2).sum(), self.W @ z - self.e + 0.3 * eps[5:]
 
 
-def _run_two_parameter(hooked: bool, dtype_y: torch.dtype, groups: bool, steps: int = 40):
+def _run_two_parameter(hooked: bool, dtype_y: torch.dtype, groups: bool, steps: int = 40, **hyper):
     tp = TwoParameterProblem(dtype_y)
     if groups:
         params = [{"params": [tp.model.x]}, {"params": [tp.model.y], "lr": 0.03, "mu": 0.5, "anchor_beta": 0.2}]
     else:
         params = [tp.model.x, tp.model.y]
-    algo = SPBM(params, m=4, lr=0.02, gamma=0.95, delta=1.5)
+    algo = SPBM(params, m=4, lr=0.02, gamma=0.95, delta=1.5, **hyper)
     if hooked:  # any hook on the inner Adam sends the update through torch.optim.Adam.step
         algo.inner_adam.register_step_pre_hook(lambda *args: None)
     problem = _Problem(tp)
@@ -424,13 +491,18 @@ class _Problem:
         return self.tp.step_values()
 
 
+@pytest.mark.parametrize("anchor_at", ["x_k", "x_next"])
 @pytest.mark.parametrize("dtype_y,groups", [(torch.float64, False), (torch.float32, False), (torch.float64, True)])
-def test_fused_adam_step_equals_torch_adam_step_bit_for_bit(dtype_y, groups):
+def test_fused_adam_step_equals_torch_adam_step_bit_for_bit(dtype_y, groups, anchor_at):
     """The foreach update (Moreau term, Adam, anchor) gives exactly torch.optim.Adam's numbers:
     one group, a group with mixed dtypes (the per-parameter path), and two groups with their own
-    lr, mu and anchor_beta."""
-    fast, tp_fast = _run_two_parameter(False, dtype_y, groups)
-    slow, tp_slow = _run_two_parameter(True, dtype_y, groups)
+    lr, mu and anchor_beta; the anchor following x_k or x_{k+1} (annealing on, epoch of 7 steps)."""
+    hyper = dict(anchor_at=anchor_at, epoch_length=7)
+    fast, tp_fast = _run_two_parameter(False, dtype_y, groups, **hyper)
+    slow, tp_slow = _run_two_parameter(True, dtype_y, groups, **hyper)
+    if anchor_at == "x_next":  # the two anchors really differ
+        other, _ = _run_two_parameter(False, dtype_y, groups, epoch_length=7)
+        assert not torch.equal(other.algorithm_state["anchor"][0], fast.algorithm_state["anchor"][0])
     assert fast._fused_adam_ready() and not slow._fused_adam_ready()
     for p, q in zip(tp_fast.model.parameters(), tp_slow.model.parameters()):
         assert p.dtype == q.dtype and torch.equal(p, q)
@@ -486,34 +558,36 @@ def test_flat_adam_rebuilds_after_load_state_dict():
     assert after is not before and after.is_current(fast.params, [fast.state[p] for p in fast.params], fast.anchor)
 
 
-# --- the anchor follows the new iterate: z_{k+1} = z_k + beta (x_{k+1} - z_k) --------------------
+# --- the anchor follows x_k (the reference's): z_{k+1} = z_k + beta (x_k - z_k) -----------------
 
-class AnchorFromOldIterate(SPBM):
-    """Mutant: the anchor moves towards x_k (the iterate before the step) instead of x_{k+1}."""
+class AnchorFromNewIterate(SPBM):
+    """Mutant: the anchor moves towards x_{k+1} (after the step) while claiming to follow x_k."""
 
     def _step_values(self, loss, c):
-        x_k = [p.detach().clone() for p in self.params]
         z_k = [z.detach().clone() for z in self.anchor]
         out = super()._step_values(loss, c)
         beta = self.param_groups[0]["anchor_beta"]
         with torch.no_grad():
-            for z, zk, xk in zip(self.anchor, z_k, x_k):
+            for z, zk, xk in zip(self.anchor, z_k, self.params):
                 z.copy_(zk + beta * (xk - zk))
         return out
 
 
-@pytest.mark.parametrize("cls", [SPBM, AnchorFromOldIterate])
-def test_anchor_moves_towards_the_new_iterate(cls):
+@pytest.mark.parametrize("cls,anchor_at", [(SPBM, "x_k"), (SPBM, "x_next"), (AnchorFromNewIterate, "x_k")])
+def test_anchor_moves_towards_the_chosen_iterate(cls, anchor_at):
+    """The default follows x_k, the iterate before the step (humancompatible-train's moreau.py moves
+    the anchor before the inner optimizer's step); ``anchor_at="x_next"`` follows x_{k+1}."""
     fake = Fake(m=2)
     problem = fake.problem()
-    algo = cls.from_problem(problem, anchor_beta=0.3, mu=1.0)
+    algo = cls.from_problem(problem, anchor_beta=0.3, mu=1.0, anchor_at=anchor_at)
     holds = []
     for _ in range(4):
         z_k = [z.detach().clone() for z in algo.anchor]
+        x_k = [p.detach().clone() for p in problem.params]
         algo.step(problem)
-        x_next = [p.detach() for p in problem.params]
+        target = x_k if anchor_at == "x_k" else [p.detach() for p in problem.params]
         holds.append(all(torch.allclose(z, zk + 0.3 * (x - zk), rtol=0, atol=1e-12)
-                         for z, zk, x in zip(algo.anchor, z_k, x_next)))
+                         for z, zk, x in zip(algo.anchor, z_k, target)))
     if cls is SPBM:
         assert all(holds)
     else:

@@ -124,8 +124,18 @@ def test_figure_and_tables(task: FairnessTask) -> None:
     ])
     fig = figure1(records, bound=task.bound)
     assert isinstance(fig, matplotlib.figure.Figure)
-    assert len(fig.axes) == 2 * (1 + task.m)
-    assert [ax.get_title() for ax in fig.axes[:6]] == ["loss", *task.data.group_names]
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 1 + task.m  # one panel per metric, the algorithms as lines in each
+    assert [ax.get_title() for ax in visible] == ["loss", *task.data.group_names]
+    # two algorithms x two splits, plus the bound in every constraint panel
+    assert [len(ax.get_lines()) for ax in visible] == [4] + [5] * task.m
+    colours = {line.get_color() for line in visible[0].get_lines()}
+    assert len(colours) == 2  # one colour per algorithm
+    assert fig.get_size_inches()[0] <= 7.7  # shown at its own size on the book's page
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[:2] == ["Adam", "GDA"] and "test" in labels and f"bound {task.bound:g}" in labels
+    with pytest.raises(ValueError, match="splits"):
+        figure1(records, bound=task.bound, splits=("holdout",))
     table = final_table(records)
     assert "Adam mean" in table.columns and "GDA std" in table.columns
     assert set(final_values(records)["step"]) == {20}

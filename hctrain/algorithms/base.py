@@ -102,11 +102,15 @@ class ConstrainedOptimizer(torch.optim.Optimizer):
 
         An algorithm with its own random choices (a ``seed`` argument: SSw's random output,
         Stochastic Ghost's levels) is seeded with ``problem.seed`` unless ``seed`` is given, so
-        that the seeded runs of ``runner.run`` do not all share seed 0.
+        that the seeded runs of ``runner.run`` do not all share seed 0. An algorithm that counts
+        epochs (SPBM's annealing) takes ``problem.epoch_length`` unless ``epoch_length`` is given.
         """
         if ("seed" not in hyper and getattr(problem, "seed", None) is not None
                 and "seed" in inspect.signature(cls.__init__).parameters):
             hyper["seed"] = int(problem.seed)
+        if ("epoch_length" not in hyper and getattr(problem, "epoch_length", None) is not None
+                and "epoch_length" in inspect.signature(cls.__init__).parameters):
+            hyper["epoch_length"] = int(problem.epoch_length)  # SPBM's annealing counts epochs
         return cls(problem.params, m=problem.m, **hyper)
 
     @property

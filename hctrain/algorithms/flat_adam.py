@@ -94,16 +94,21 @@ class FlatAdamGroup:
         return True
 
     def step(self, grads: list[Tensor], lr: float, betas: tuple[float, float], eps: float, mu: float,
-             anchor_beta: float, const: Callable[[float, Tensor], Tensor], scratch: Tensor) -> None:
+             anchor_beta: float, const: Callable[[float, Tensor], Tensor], scratch: Tensor,
+             anchor_at: str = "x_k") -> None:
         """One step (under ``torch.no_grad()``). ``const(value, like)`` gives ``value`` as a cached
         0-dim tensor (cheaper than a Python scalar for CPU ops); ``scratch`` is a 0-dim tensor of
-        the parameters' dtype the bias correction is written into."""
+        the parameters' dtype the bias correction is written into. The anchor moves towards x_k
+        (``anchor_at="x_k"``, after the Moreau term has read z_k) or towards x_{k+1}
+        (``"x_next"``, after the step)."""
         beta1, beta2 = betas
         x, g, z, exp_avg, exp_avg_sq = self.x, self.grad, self.anchor, self.exp_avg, self.exp_avg_sq
         torch._foreach_copy_(self.x_views, self.params)
         torch._foreach_copy_(self.grad_views, grads)
         if mu > 0:
             g.add_(x.sub(z), alpha=mu)
+        if anchor_at == "x_k":
+            z.lerp_(x, anchor_beta)
         self.steps.add_(const(1.0, self.steps))
         k = self.step_views[0].item()  # as torch.optim.Adam reads it (steps live on the CPU)
         exp_avg.lerp_(g, 1 - beta1)
@@ -114,4 +119,5 @@ class FlatAdamGroup:
         denom.add_(const(eps, x))
         x.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1 ** k)))
         torch._foreach_copy_(self.params, self.x_views)
-        z.lerp_(x, anchor_beta)
+        if anchor_at != "x_k":
+            z.lerp_(x, anchor_beta)

@@ -32,8 +32,13 @@ One iteration k, with duals lambda_k in [lambda_min, lambda_max]^m, penalties p_
     lambda_{k+1} = clip( gamma lambda_k + (1 - gamma) lambda_k * phi'(t_k), lambda_min, lambda_max )
     p_{k+1}     = clip( K p_k, p_min, p_max )                                     'diminishing'
     p_{k+1}     = clip( K p_k + (1 - K) p_k / psi_k, p_min, p_max ),              'stabilised'
-                  psi_k = phi'(t_k) if phi'(t_k) < 1 else delta * phi'(t_k)
-    z_{k+1}     = z_k + anchor_beta (x_{k+1} - z_k)
+                  psi_k = phi'(c_k) if phi'(c_k) < 1 else delta * phi'(c_k),   c_k = c(x_k, zeta_k)
+    z_{k+1}     = z_k + anchor_beta (x_k - z_k)
+
+with gamma and K annealed by epoch e = k // E (E steps per pass over the training data):
+gamma_e = 1 - 1 / (sqrt(e) + 1 / (1 - gamma)) and K_e = 1 - 1 / (sqrt(e) + 1 / (1 - K)), which
+start at gamma and K and tend to 1 (the duals average over ever longer windows, the penalties
+settle).
 
 G_k is the gradient of P_k at x_k: d/dx [lambda p phi(c/p)] = lambda phi'(c/p) grad c, so the
 weights lambda * phi'(t) are computed on the m-vector and J_c^T (weights) comes from ONE backward
@@ -49,18 +54,30 @@ Samples: one draw per step. When ``problem.shares_samples`` the same batch is xi
 forward passes). Either way one backward pass. The dual and penalty updates use the same
 c(x_k, zeta_k) as the primal step (the specification asks for no second constraint sample).
 
+The penalty schedule's psi, the anchor's target and the annealing are the reference
+implementation's (humancompatible-train, ``dual_optim/pbm.py`` and ``moreau.py``, audited line by
+line at commit 908896c): psi from phi' at the raw c (its ``_update_penalties_adapt`` is handed
+phi'(c)), the anchor moved towards x_k before the inner optimizer's step, and gamma_e, K_e as above
+(its ``gamma_schedule`` and ``K_schedule``, stepped once per ``epoch_length`` calls). Earlier
+versions of this module evaluated psi at c / p, moved the anchor towards x_{k+1} and kept gamma and
+K constant; those forms stay as options (``psi_at="c/p"``, ``anchor_at="x_next"``,
+``annealing=False``) because chapter 6's same-run ablation finds them a trade rather than a
+mistake: on Virginia they end at a lower training loss with larger violations on test.
+``annealing=None`` (the default) anneals when the epoch length is known: given as
+``epoch_length``, or taken from the problem (``FairnessTask`` problems: a pass over the training
+rows in balanced batches; a :class:`~hctrain.problem.Problem` over a DataLoader: ``len(loader)``);
+``SPBM(params, m)`` alone, in a loop of the user's own, keeps gamma and K constant. The reference
+advanced its epoch counter only when gamma was annealed; here the two schedules share it.
+
 Choices made where the specification leaves one (all documented defaults):
 
-* Order: the primal step uses (lambda_k, p_k); the duals, penalties and anchor are updated after
-  it from the same t_k (simultaneous, as in GDA). The reference code updated the duals first.
-* The stabilised schedule evaluates psi at t_k = c / p_k. The specification writes phi'(c) (and
-  one version of the reference code evaluated phi' at the raw c); phi is a function of c / p
-  everywhere else in the method, phi'(c/p) < 1 exactly when phi'(c) < 1, and c / p makes the
-  schedule independent of the scale of c relative to p. Pass ``schedule="diminishing"`` for the
-  plain geometric schedule.
-* anchor_beta = 0.5 (the specification gives no value for SPBM's beta): the humancompatible-train
-  paper's value for SSL-ALM's identical anchor update (beta = 0.5), making z an exponential average of
-  the last few iterates. Adam moves each coordinate by about lr per step, so with beta = 0.5 the
+* Order: the primal step uses (lambda_k, p_k); the duals and penalties are updated after it from
+  the same c_k (simultaneous, as in GDA). The reference code updates them before its backward
+  pass but builds the step's function from snapshots of (lambda_k, p_k): the same iteration.
+* ``schedule="diminishing"`` gives the plain geometric schedule.
+* anchor_beta = 0.5 (the specification gives no value for SPBM's beta): the reference's default
+  and the humancompatible-train paper's value for SSL-ALM's identical anchor update, making z an
+  exponential average of the last few iterates. Adam moves each coordinate by about lr per step, so with beta = 0.5 the
   anchor lags by about lr and mu (x - z) is of order mu * lr: it damps step-to-step noise without
   holding back the drift (a lag of lr / beta grows as beta shrinks). Measured on the noisy QP:
   beta in {0.05, 0.2, 0.5, 1} gives the same distances to x* to three decimals, so the choice is
@@ -76,15 +93,16 @@ Choices made where the specification leaves one (all documented defaults):
 
 Defaults: lr = 0.01, mu = 1, gamma = 0.9, K = 0.9, delta = 1 (the newest reference defaults),
 p in [0.1, 1] starting at 1, lambda in [1e-4, 100] starting at 1e-4 (the specification's), all
-kept. They work as given: no epoch or schedule length is needed (the reference constructor failed
-with its own defaults because its annealing demanded one). Measured with the defaults:
+kept (the benchmark configuration of the reference: gamma = K = 0.9, mu = 1, lr = 0.01). They
+work as given: without an epoch length gamma and K stay constant (the reference constructor
+failed with its own defaults because its annealing demanded one). Measured with the defaults:
 
-* Waking the dual from 1e-4 (constant violation c, one constraint): lambda grows by
-  1 + (1 - gamma) c / p per step, and the stabilised schedule lowers p towards p_min = 0.1, slowly
-  at first (psi = phi'(c/p) is barely above 1 while p = 1). lambda >= 1 after 98 / 178 / 337 /
-  1,610 steps for c = 0.2 / 0.1 / 0.05 / 0.01 (ACSIncome's violations |PR_g - PR| - 0.05 are of
-  order 0.1: ~180 steps, a fraction of a second). With gamma = 0.99 it takes ~10x longer
-  (1,007 steps for c = 0.1).
+* Waking the dual from 1e-4 (constant violation c, one constraint, no annealing): lambda grows
+  by 1 + (1 - gamma) c / p per step, and the stabilised schedule lowers p towards p_min = 0.1 by
+  the factor K + (1 - K) / (1 + c) per step (psi = phi'(c) = 1 + c). lambda >= 1 after 132 / 249 /
+  481 / 2,340 steps for c = 0.2 / 0.1 / 0.05 / 0.01 (ACSIncome's violations |PR_g - PR| - 0.05
+  are of order 0.1: ~250 steps, a fraction of a second). With gamma = 0.99 it takes ~4x longer
+  (1,080 steps for c = 0.1).
 * gamma: on ACSIncome (m = 5) gamma = 0.9 holds the constraints near the bound and reacts faster
   to the small groups than gamma = 0.99. But on the noisy QP of ``hctrain.testing``
   (NoisyQuadratic, sigma = 0.3) gamma = 0.9 does NOT converge: the dual moves by ~10% per step,
@@ -134,6 +152,9 @@ from .base import (ConstrainedOptimizer, check_interval, check_nonnegative, chec
 from .flat_adam import FlatAdamGroup
 
 # --- penalty-barrier functions, vectorised over the m-vector ---------------------------------
+
+PSI_AT = ("c", "c/p")
+ANCHOR_AT = ("x_k", "x_next")
 
 _LOG_JOINT = -0.5
 _REC_JOINT = -1.0 / 3.0
@@ -201,7 +222,9 @@ class SPBM(ConstrainedOptimizer):
                  anchor_beta: float = 0.5, gamma: float = 0.9, K: float = 0.9, delta: float = 1.0,
                  penalty: str = "quadratic_logarithmic", schedule: str = "stabilised",
                  p_min: float = 0.1, p_max: float = 1.0, lambda_min: float = 1e-4, lambda_max: float = 100.0,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *, problem: Any = None):
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, psi_at: str = "c",
+                 anchor_at: str = "x_k", annealing: bool | None = None, epoch_length: int | None = None, *,
+                 problem: Any = None):
         # --- validation, before anything is built ---
         m = resolve_m("SPBM", m, problem)
         if m is None or isinstance(m, bool) or not isinstance(m, int) or m < 1:
@@ -212,6 +235,27 @@ class SPBM(ConstrainedOptimizer):
             raise ValueError(f"unknown schedule {schedule!r}; use one of {SCHEDULES}")
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        if psi_at not in PSI_AT:
+            raise ValueError(f"psi_at must be one of {PSI_AT} (where the penalty schedule evaluates phi': "
+                             f"at the raw constraint value, the reference's, or at c/p), got {psi_at!r}")
+        if anchor_at not in ANCHOR_AT:
+            raise ValueError(f"anchor_at must be one of {ANCHOR_AT} (the iterate the anchor moves towards: "
+                             f"x_k before the step, the reference's, or x_{{k+1}} after it), got {anchor_at!r}")
+        if annealing is not None and not isinstance(annealing, bool):
+            raise ValueError(f"annealing must be True, False or None (on when the epoch length is known), "
+                             f"got {annealing!r}")
+        if epoch_length is None:
+            epoch_length = getattr(problem, "epoch_length", None)
+        if epoch_length is not None and (isinstance(epoch_length, bool) or not isinstance(epoch_length, int)
+                                         or epoch_length < 1):
+            raise ValueError(f"epoch_length must be a positive integer (steps per pass over the training "
+                             f"data, e.g. len(train_loader)), got {epoch_length!r}")
+        if annealing and epoch_length is None:
+            raise ValueError(
+                "annealing=True anneals gamma and K by epoch (the reference's schedules gamma_e = 1 - 1/(sqrt(e) "
+                "+ 1/(1 - gamma))): give epoch_length, the number of steps in one pass over the training data "
+                "(e.g. len(train_loader)), or a problem that knows it (problem=)")
+        annealing = epoch_length is not None if annealing is None else annealing
         defaults = dict(
             lr=check_positive("lr", lr),
             betas=(check_interval("betas[0]", betas[0], 0.0, 1.0, high_open=True),
@@ -228,6 +272,7 @@ class SPBM(ConstrainedOptimizer):
             p_max=check_positive("p_max", p_max),
             lambda_min=check_positive("lambda_min", lambda_min),
             lambda_max=check_positive("lambda_max", lambda_max),
+            psi_at=psi_at, anchor_at=anchor_at, annealing=annealing, epoch_length=epoch_length,
         )
         if p_max < p_min:
             raise ValueError(f"p_max must be >= p_min, got p_min={p_min!r}, p_max={p_max!r}")
@@ -362,6 +407,18 @@ class SPBM(ConstrainedOptimizer):
         """The v of the primal gradient's J_c^T v: d/dc_i [lambda_i p_i phi(c_i/p_i)] = lambda_i phi'(t_i)."""
         return lam * dphi
 
+    def _annealed(self, hp: dict) -> dict:
+        """gamma_e and K_e of epoch e = k // epoch_length (the reference's schedules, both -> 1):
+        gamma_e = 1 - 1 / (sqrt(e) + 1 / (1 - gamma)), K_e likewise; gamma_0 = gamma, K_0 = K."""
+        if not hp["annealing"]:
+            return hp
+        e = self.algorithm_state["step"] // hp["epoch_length"]
+        if e == 0:
+            return hp
+        root = math.sqrt(e)
+        K = 1.0 if hp["K"] == 1.0 else 1.0 - 1.0 / (root + 1.0 / (1.0 - hp["K"]))
+        return {**hp, "gamma": 1.0 - 1.0 / (root + 1.0 / (1.0 - hp["gamma"])), "K": K}
+
     def _update_duals(self, lam: Tensor, t: Tensor, dphi: Tensor, hp: dict) -> None:
         """lambda <- clip(gamma lambda + (1 - gamma) lambda phi'(t), lambda_min, lambda_max)."""
         gamma, const = hp["gamma"], self._const
@@ -421,7 +478,7 @@ class SPBM(ConstrainedOptimizer):
             flat = self._flat_group(index, params, start)
             if flat is not None:
                 flat.step(g, group["lr"], group["betas"], group["eps"], group["mu"], group["anchor_beta"],
-                          self._const, self._buffer(params[0]))
+                          self._const, self._buffer(params[0]), group["anchor_at"])
             else:
                 self._foreach_adam_step(group, g, self.algorithm_state["anchor"][start:start + n])
             start += n
@@ -462,6 +519,8 @@ class SPBM(ConstrainedOptimizer):
         params = group["params"]
         if group["mu"] > 0:  # G = grad f + J_c^T w + mu (x - z)
             torch._foreach_add_(g, torch._foreach_sub(params, z), alpha=group["mu"])
+        if group["anchor_at"] == "x_k":  # z <- z + beta (x_k - z)
+            torch._foreach_lerp_(z, params, group["anchor_beta"])
         beta1, beta2 = group["betas"]
         lr, eps = group["lr"], group["eps"]
         states = [self.state[p] for p in params]
@@ -477,7 +536,8 @@ class SPBM(ConstrainedOptimizer):
         torch._foreach_div_(denom, [(1 - beta2 ** k) ** 0.5 for k in counts])
         torch._foreach_add_(denom, eps)
         torch._foreach_addcdiv_(params, exp_avgs, denom, [-(lr / (1 - beta1 ** k)) for k in counts])
-        torch._foreach_lerp_(z, params, group["anchor_beta"])  # z <- z + beta (x_{k+1} - z)
+        if group["anchor_at"] != "x_k":
+            torch._foreach_lerp_(z, params, group["anchor_beta"])  # z <- z + beta (x_{k+1} - z)
 
     def _torch_adam_step(self, grads: list[Tensor]) -> None:
         """The same update through ``torch.optim.Adam.step`` (first step, hooks, non-default options)."""
@@ -491,13 +551,18 @@ class SPBM(ConstrainedOptimizer):
                                     torch._foreach_sub(group["params"], anchors[start:start + n]),
                                     alpha=group["mu"])
             start += n
+        self._move_anchors("x_k")  # z <- z + beta (x_k - z), where the anchor follows x_k
         for p, g in zip(params, grads):
             p.grad = g
         self._adam.step()
+        self._move_anchors("x_next")  # z <- z + beta (x_{k+1} - z), where it follows x_{k+1}
+
+    def _move_anchors(self, at: str) -> None:
+        anchors = self.algorithm_state["anchor"]
         start = 0
-        for group in self.param_groups:  # z <- z + beta (x_{k+1} - z)
+        for group in self.param_groups:
             n = len(group["params"])
-            if n:
+            if n and group["anchor_at"] == at:
                 torch._foreach_lerp_(anchors[start:start + n], group["params"], group["anchor_beta"])
             start += n
 
@@ -520,7 +585,8 @@ class SPBM(ConstrainedOptimizer):
         hp = self.param_groups[0]
 
         with torch.no_grad():
-            t = (c_d if c_d.dtype == lam.dtype else c_d.to(lam.dtype)).div(pen)
+            c_l = c_d if c_d.dtype == lam.dtype else c_d.to(lam.dtype)
+            t = c_l.div(pen)
             dphi = self.penalty_barrier_derivative(t)  # phi'(t_k), computed once per step
             weights = self._constraint_weights(lam, dphi)  # at c(x_k, zeta_k)
             if weights.dtype != c.dtype:
@@ -547,8 +613,11 @@ class SPBM(ConstrainedOptimizer):
                 self._set_flat_grads(grads)
             else:
                 self._torch_adam_step(grads)
+            hp = self._annealed(hp)
             self._update_duals(lam, t, dphi, hp)
-            self._update_penalties(pen, dphi, hp)
+            # the schedule's psi: phi' at the raw c (the reference's) or at t = c / p
+            self._update_penalties(pen, dphi if hp["psi_at"] == "c/p" else
+                                   self.penalty_barrier_derivative(c_l), hp)
 
         state["step"] += 1
         return {"loss": loss.detach(), "constraints": c_d}
