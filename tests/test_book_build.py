@@ -8,6 +8,8 @@ Skip with ``pytest -m "not book"``.
 """
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -86,6 +88,37 @@ def test_book_builds(entries, request):
 
     wrote = build.wrote_into_repo
     assert not wrote, f"the build wrote into the repository: {wrote}"
+
+
+MYST_LEFTOVERS = re.compile(r"\{(cite|cite:t|cite:p|eq|doc|glue|glue:text|glue:md|numref|ref)\}`"
+                            r"|(```+|:::+)\{(literalinclude|exercise|solution|solution-start|solution-end|"
+                            r"dropdown|math)\}")
+
+
+def test_downloaded_notebooks_read_without_sphinx(entries, request):
+    """The notebooks behind the download button (_sources/) hold plain Markdown: citations,
+    equation references, glued numbers, included code and exercises resolved (_ext/clean_download.py)."""
+    build = request.getfixturevalue("book_build")
+    assert build.returncode == 0, build.log[-3000:]
+    chapters = [e for e in entries if e.startswith("notebooks/")]
+    left = {}
+    for entry in chapters:
+        copy = build.html / "_sources" / f"{entry}.ipynb"
+        assert copy.is_file(), f"no downloadable copy of {entry}"
+        nb = json.loads(copy.read_text(encoding="utf-8"))
+        text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+        found = sorted({m.group(0) for m in MYST_LEFTOVERS.finditer(text)})
+        if found:
+            left[entry] = found
+    assert not left, f"MyST left in downloaded notebooks: {left}"
+    first = json.loads((build.html / "_sources" / "notebooks" / "01_problem_and_data.ipynb").read_text())
+    text = "\n".join("".join(c["source"]) for c in first["cells"] if c["cell_type"] == "markdown")
+    assert "(Kliachkin et al., 2025b)" in text  # a citation, as the bibliography labels it
+    spbm = json.loads((build.html / "_sources" / "notebooks" / "06_spbm.ipynb").read_text())
+    code = "\n".join("".join(c["source"]) for c in spbm["cells"] if c["cell_type"] == "markdown")
+    assert "class SPBM(ConstrainedOptimizer):" in code  # the included listing, inlined
+    # the repository's chapters themselves are untouched
+    assert "{cite}`" in (REPO / "notebooks" / "01_problem_and_data.ipynb").read_text(encoding="utf-8")
 
 
 def test_chapters_store_no_progress_bars() -> None:
