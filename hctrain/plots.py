@@ -155,7 +155,7 @@ def state_heatmaps(table: pd.DataFrame, methods: list[str], bound: float,
     gap = table.pivot_table(index="state", columns="method", values="max_c").reindex(index=states, columns=methods)
     accuracy = table.pivot_table(index="state", columns="method", values="accuracy").reindex(index=states, columns=methods)
     height = max(3.0, 0.19 * len(states) + 1.6)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, height), layout="constrained", sharey=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7.6, height), layout="constrained", sharey=True)
     limit = 2 * bound if limit is None else limit
     sns.heatmap(gap, ax=left, cmap="RdBu_r", center=0.0, vmin=-limit, vmax=limit,
                 cbar_kws={"label": "largest final test $c_g$ (> 0: violated)", "shrink": 0.6, "extend": "both"})

@@ -174,7 +174,7 @@ if (h1) {
 }
 const imgs = [...article.querySelectorAll('img')].map(i => ({
   src: i.getAttribute('src'), complete: i.complete, width: i.naturalWidth,
-  figure: !!i.closest('.cell_output'),
+  figure: !!i.closest('.cell_output'), shown: i.getBoundingClientRect().width,
 }));
 // An output's own text, without the copy button's label.
 const text = e => [...e.querySelectorAll('pre')].map(p => p.textContent).join('\n') || e.textContent;
@@ -368,6 +368,13 @@ def page_problems(driver, base_url: str, entry: str, source: Path, shot: Path) -
     if broken:
         problems.append(f"images that did not load: {broken}")
     figures = sum(1 for i in report["imgs"] if i["figure"] and i["complete"] and i["width"] > 0)
+    # A figure drawn for the page (about 7.6 in, 770 px) is shown at its own size; one scaled
+    # down to less than 80% has labels below the 9 pt they were drawn at. (Hidden ones, in a
+    # folded solution, have no width yet.)
+    shrunk = [f"{i['src']} at {i['shown'] / i['width']:.0%}" for i in report["imgs"]
+              if i["figure"] and i["width"] > 0 and 0 < i["shown"] < 0.8 * i["width"]]
+    if shrunk:
+        problems.append(f"figures shrunk below 80% of their size at the page width: {shrunk}")
     stored = expected_figures(source)
     if figures < stored:
         problems.append(
