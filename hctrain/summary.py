@@ -1,6 +1,7 @@
 """Tables of final numbers from run records."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 
@@ -74,11 +75,13 @@ def glue_table(prefix: str, table: pd.DataFrame | pd.Series) -> list[str]:
         for column, value in values.items():
             parts = [prefix, slug(row), slug(column)]
             name = "_".join(p for p in parts if p)
-            if isinstance(value, bool):
+            if value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value):
+                value = float("nan")
+            elif isinstance(value, (bool, np.bool_)):
                 value = bool(value)
-            elif isinstance(value, int) or (hasattr(value, "dtype") and "int" in str(value.dtype)):
+            elif isinstance(value, (int, np.integer)):
                 value = int(value)
-            elif isinstance(value, float) or hasattr(value, "dtype"):
+            elif isinstance(value, (float, np.floating)):
                 value = float(value)
             glue(name, value, display=False)
             names.append(name)
