@@ -88,11 +88,14 @@ def glue_table(prefix: str, table: pd.DataFrame | pd.Series) -> list[str]:
     return names
 
 
-def per_run_table(records: pd.DataFrame) -> pd.DataFrame:
+def per_run_table(records: pd.DataFrame, iterate: str = "last") -> pd.DataFrame:
     """One row per (algorithm, run): the last evaluation's loss, accuracy and largest constraint
     value max_g c_g on train and test (a positive value is a violation), and whether every
-    constraint held there."""
-    final = final_values(records)
+    constraint held there. ``iterate="selected"``: the evaluation chosen on the validation split
+    instead (:func:`selected_steps`)."""
+    if iterate not in ("last", "selected"):
+        raise ValueError(f"iterate must be 'last' or 'selected', got {iterate!r}")
+    final = final_values(records) if iterate == "last" else selected_values(records)
     constraint = final["metric"].str.startswith("c[")
     rows = []
     keys = ["algorithm", "run"]
@@ -111,3 +114,44 @@ def per_run_table(records: pd.DataFrame) -> pd.DataFrame:
     table = table.reset_index()
     table["algorithm"] = pd.Categorical(table["algorithm"], order, ordered=True)
     return table.sort_values(keys).set_index(keys)
+
+
+def selected_steps(records: pd.DataFrame, split: str = "validation") -> pd.DataFrame:
+    """Per (algorithm, run), the evaluation chosen on ``split`` by a rule fixed in advance: among
+    the evaluations after the start at which every constraint held on ``split``, the one with the
+    lowest ``split`` loss; if there is none, the one with the smallest largest constraint value.
+    Returns one row per run: ``step``, whether it was ``feasible`` on the split, and its
+    ``split`` loss and largest constraint value. The test set plays no part in the choice.
+
+    The chosen iterate's numbers on every split are already in the records (every evaluation
+    evaluates every split): :func:`selected_values` returns them. To rebuild the model itself,
+    replay the run to that step (:func:`hctrain.metrics.replay`)."""
+    mine = records[(records["split"] == split) & (records["step"] > 0)]
+    if mine.empty:
+        raise ValueError(f"no evaluations on the split {split!r} after the start: give the task a "
+                         f"validation split (FairnessTask(..., validation_size=0.2)) and run again")
+    keys = ["algorithm", "run", "step"]
+    loss = mine[mine["metric"] == "loss"].set_index(keys)["value"].rename("loss")
+    worst = mine[mine["metric"].str.startswith("c[")].groupby(keys)["value"].max().rename("largest c")
+    table = pd.concat([loss, worst], axis=1).reset_index()
+    table["feasible"] = table["largest c"] <= 0
+    # feasible first, then the lowest loss; if none is feasible, the smallest violation
+    table["key1"] = ~table["feasible"]
+    table["key2"] = table["loss"].where(table["feasible"], table["largest c"])
+    chosen = (table.sort_values(["algorithm", "run", "key1", "key2", "step"], kind="stable")
+              .groupby(["algorithm", "run"], sort=False).head(1))
+    order = list(pd.unique(records["algorithm"]))
+    chosen = chosen.assign(algorithm=pd.Categorical(chosen["algorithm"], order, ordered=True))
+    return (chosen.sort_values(["algorithm", "run"]).drop(columns=["key1", "key2"])
+            .rename(columns={"loss": f"{split} loss", "largest c": f"largest {split} c"})
+            .set_index(["algorithm", "run"]))
+
+
+def selected_values(records: pd.DataFrame, split: str = "validation") -> pd.DataFrame:
+    """The records of the evaluations :func:`selected_steps` chooses, one per run: the same
+    columns as :func:`final_values`, so that :func:`per_run_table` and the tables built on
+    ``final_values`` read them as they read the last iterate."""
+    chosen = selected_steps(records, split).reset_index()[["algorithm", "run", "step"]]
+    chosen["algorithm"] = chosen["algorithm"].astype(str)
+    out = records.merge(chosen, on=["algorithm", "run", "step"], how="inner")
+    return out.drop(columns=["time_s"]).reset_index(drop=True)
