@@ -125,7 +125,7 @@ def selected_steps(records: pd.DataFrame, split: str = "validation") -> pd.DataF
 
     The chosen iterate's numbers on every split are already in the records (every evaluation
     evaluates every split): :func:`selected_values` returns them. To rebuild the model itself,
-    replay the run to that step (:func:`hctrain.metrics.replay`)."""
+    replay the run to that step (``hctrain.metrics.replay``)."""
     mine = records[(records["split"] == split) & (records["step"] > 0)]
     if mine.empty:
         raise ValueError(f"no evaluations on the split {split!r} after the start: give the task a "
@@ -149,7 +149,7 @@ def selected_steps(records: pd.DataFrame, split: str = "validation") -> pd.DataF
 
 def selected_values(records: pd.DataFrame, split: str = "validation") -> pd.DataFrame:
     """The records of the evaluations :func:`selected_steps` chooses, one per run: the same
-    columns as :func:`final_values`, so that :func:`per_run_table` and the tables built on
+    columns as ``final_values``, so that :func:`per_run_table` and the tables built on
     ``final_values`` read them as they read the last iterate."""
     chosen = selected_steps(records, split).reset_index()[["algorithm", "run", "step"]]
     chosen["algorithm"] = chosen["algorithm"].astype(str)
