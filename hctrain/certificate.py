@@ -71,7 +71,7 @@ def clopper_pearson(successes: np.ndarray, trials: np.ndarray, alpha: float) -> 
 def gap_upper_bounds(values: Tensor | np.ndarray, group: Tensor | np.ndarray, group_names: Sequence[str],
                      alpha: float = 0.05, kind: str = "labels",
                      shares: Sequence[float] | None = None) -> pd.DataFrame:
-    """Per group: the held-out rate, its simultaneous interval, the gap |rate_g - overall| and
+    """Per group: the held-out rate, its simultaneous interval, the gap ``|rate_g - overall|`` and
     its upper confidence bound U_g (see the module docstring), all groups at once at level
     1 - ``alpha``. ``values`` are predicted labels (``kind="labels"``: 0 or 1) or predicted
     probabilities (``kind="probabilities"``), one per held-out row; ``group`` the rows' integer
