@@ -220,6 +220,14 @@ CHAPTER_PARAMETERS = {
     "n_batches": _count,
     # short side runs of a chapter (a sweep, an ablation, an exercise's solution)
     "sweep_budget_s": _positive, "ablation_budget_s": _positive, "weights": _positive_list,
+    # chapter 11 (fair on new data): held-out splits, decisions, certificates, the peers
+    "validation_size": lambda n, v: check_number(n, v, low=0.0, high=1.0, low_open=True, high_open=True,
+                                                 fix="; e.g. 0.2"),
+    "constraint_on": lambda n, v: check_choice(n, v, ("probabilities", "decisions")),
+    "group_inputs": check_bool,
+    "alpha": lambda n, v: check_number(n, v, low=0.0, high=1.0, low_open=True, high_open=True, fix="; e.g. 0.05"),
+    "peers": _names, "n_fairlearn_runs": _count, "evals_per_run": _count, "ablation_methods": _names,
+    "constraint": lambda n, v: check_choice(n, v, ("one_vs_overall", "signed_one_vs_overall", "pairwise")),
 }
 """How a chapter's protocol parameters are checked, by name (each chapter's algorithm
 hyperparameters are checked by the algorithm itself, before its first run)."""

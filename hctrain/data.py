@@ -192,6 +192,22 @@ class FairnessData:
         """Number of model inputs."""
         return int(self.X_train.shape[1])
 
+    def with_group_inputs(self) -> "FairnessData":
+        """A copy whose inputs also hold the group, one-hot (G columns ``<protected>=<name>``
+        appended to ``X_*``); labels, groups and splits unchanged. A model that sees the group
+        can meet a positive-rate constraint by shifting each group's scores, as per-group
+        thresholds do, at a smaller cost in accuracy; using the protected attribute at decision
+        time is *disparate treatment*, which some settings forbid: the choice is the user's."""
+        import dataclasses
+
+        def joined(x: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x, torch.nn.functional.one_hot(group, self.n_groups).to(x.dtype)], dim=1)
+
+        return dataclasses.replace(
+            self, X_train=joined(self.X_train, self.group_train), X_test=joined(self.X_test, self.group_test),
+            feature_names=[*self.feature_names, *(f"{self.protected}={name}" for name in self.group_names)],
+            name=f"{self.name} (group among the inputs)")
+
     def group_table(self) -> pd.DataFrame:
         """One row per group (index: group code): name, train/test counts, share of the training
         rows, and positive (base) rate of the label in the training rows."""

@@ -5,6 +5,14 @@ positive on group g) and a bound b, two families of constraints c(x, zeta) <= 0:
 
 - one-vs-overall (the paper's, eq. 5):  c_g = |S_g - S| - b,        m = G
 - pairwise:                             c_(g,h) = S_g - S_h - b,    m = G (G - 1), g != h
+- signed one-vs-overall:                c_g+ = S_g - S - b and c_g- = S - S_g - b,   m = 2 G
+
+The signed form is the same feasible set as the one-vs-overall form, written as constraints that
+are linear in the rates. That matters for a stochastic method: a batch's |S_g - S| overestimates
+the population's on average (the absolute value of a noisy estimate, E|X| >= |E X|), by about
+the estimate's standard deviation when the gap is small, so a method driven by batch values sees
+violations that the population does not have; the signed values, weighted by the population
+shares, are unbiased.
 
 Both are computed from one forward pass as a tensor of m values. A linear-fractional statistic
 is S_g = sum_{n in g} (a_n + b_n p_n) / sum_{n in g} (c_n + d_n p_n), with the coefficients
@@ -33,8 +41,9 @@ from torch import Tensor
 
 from .checks import check_number
 
-ConstraintKind = Literal["one_vs_overall", "pairwise"]
-KINDS: tuple[str, ...] = ("one_vs_overall", "pairwise")
+ConstraintKind = Literal["one_vs_overall", "pairwise", "signed_one_vs_overall"]
+KINDS: tuple[str, ...] = ("one_vs_overall", "pairwise", "signed_one_vs_overall")
+AGAINST_OVERALL: tuple[str, ...] = ("one_vs_overall", "signed_one_vs_overall")
 
 
 class GroupFairnessConstraints:
@@ -75,6 +84,8 @@ class GroupFairnessConstraints:
         G = len(group_names)
         if kind == "one_vs_overall":
             self.names = [f"{g}" for g in group_names]
+        elif kind == "signed_one_vs_overall":
+            self.names = [f"{g} above" for g in group_names] + [f"{g} below" for g in group_names]
         else:
             first, second = torch.where(~torch.eye(G, dtype=torch.bool))
             self.names = [f"{group_names[i]} - {group_names[j]}" for i, j in zip(first.tolist(), second.tolist())]
@@ -176,10 +187,14 @@ class GroupFairnessConstraints:
     # --- constraints ---------------------------------------------------------------------------
 
     def gaps(self, probs: Tensor, sens: Tensor, *stat_args: Tensor) -> Tensor:
-        """The constrained quantities before the bound: |S_g - S| or S_g - S_h."""
+        """The constrained quantities before the bound: |S_g - S|, S_g - S_h, or S_g - S then
+        S - S_g (signed)."""
         stats, overall = self.group_statistics(probs, sens, *stat_args)
         if self.kind == "one_vs_overall":
             return (stats - overall).abs()
+        if self.kind == "signed_one_vs_overall":
+            diff = stats - overall
+            return torch.cat((diff, -diff))
         return self.gaps_from_statistics(stats)
 
     def gaps_from_statistics(self, stats: Tensor) -> Tensor:
@@ -314,34 +329,42 @@ class _PositiveRateConstraints(torch.autograd.Function):
         sums = owner._group_sums(probs, sens)  # first: it names bad group codes
         sizes = owner._group_sizes(sens)
         stats = sums / sizes
-        ctx.weighted = owner.kind == "one_vs_overall" and owner.population_shares is not None
+        against_overall = owner.kind in AGAINST_OVERALL
+        ctx.weighted = against_overall and owner.population_shares is not None
+        ctx.signed = owner.kind == "signed_one_vs_overall"
         if ctx.weighted:  # S = sum_g pi_g S_g
             shares = owner.shares_like(stats)
             diff = stats - (shares * stats).sum()
-            gaps = diff.abs()
+            gaps = torch.cat((diff, -diff)) if ctx.signed else diff.abs()
             ctx.save_for_backward(sens, sizes, diff, shares, probs if from_logits else None)
-        elif owner.kind == "one_vs_overall":
+        elif against_overall:
             count = owner._row_count(probs)
             diff = stats - probs.sum() / count
-            gaps = diff.abs()
+            gaps = torch.cat((diff, -diff)) if ctx.signed else diff.abs()
             ctx.save_for_backward(sens, sizes, diff, count, probs if from_logits else None)
         else:
             gaps = owner.gaps_from_statistics(stats)
             ctx.save_for_backward(sens, sizes, None, None, probs if from_logits else None)
-        ctx.kind, ctx.n_groups, ctx.from_logits = owner.kind, owner.n_groups, from_logits
+        ctx.kind = "one_vs_overall" if against_overall else owner.kind
+        ctx.n_groups, ctx.from_logits = owner.n_groups, from_logits
         return gaps.sub_(owner._bound_like(gaps))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         sens, sizes, diff, count, probs = ctx.saved_tensors
+        if ctx.signed:  # c = (diff, -diff) - b: dL/d diff_g = g_g+ - g_g-
+            G = ctx.n_groups
+            grad_stats = grad[:G] - grad[G:]
         if ctx.weighted:
             # dL/dS_g = d_g - pi_g sum_h d_h (count holds pi), then dL/dp_n = dL/dS_g(n) / n_g(n)
-            grad_stats = grad * diff.sgn()
+            if not ctx.signed:
+                grad_stats = grad * diff.sgn()
             per_group = (grad_stats - count * grad_stats.sum()) / sizes
             grad_probs = per_group.index_select(0, sens)
         elif ctx.kind == "one_vs_overall":
-            grad_stats = grad * diff.sgn()
+            if not ctx.signed:
+                grad_stats = grad * diff.sgn()
             # dL/dp_n = d_g / n_g + (-sum d) / N, formed on the G groups before the gather: the
             # same two operands meet in the same addition for every row of group g (and
             # x + (-y) / N is x - y / N exactly), so this is autograd's value with fewer operations

@@ -27,11 +27,12 @@ from torch import Tensor
 from .checks import check_number
 from .problem import StochasticProblem
 
-PACKAGES = {"humancompatible-train": "humancompatible.train", "cooper-optim": "cooper"}
+PACKAGES = {"humancompatible-train": "humancompatible.train", "cooper-optim": "cooper", "fairlearn": "fairlearn"}
 
 
 def available() -> dict[str, bool]:
-    """Which peer libraries are importable: ``{"humancompatible-train": bool, "cooper-optim": bool}``."""
+    """Which peer libraries are importable: ``{"humancompatible-train": bool, "cooper-optim": bool,
+    "fairlearn": bool}``."""
     return {name: _spec(module) is not None for name, module in PACKAGES.items()}
 
 
@@ -80,7 +81,8 @@ class HCTDual:
 
     ``ALM``: ``lr`` (dual step, 0.1), ``penalty`` (rho, 1.0), inequality constraints
     (``is_ineq=True``). ``PBM``: its defaults, ``epoch_length`` steps per annealing epoch (100).
-    ``SSG``: ``constraint_tol`` 0. ``dual`` holds the humancompatible-train optimizer.
+    ``SSG``: ``constraint_tol`` 0. (``PBM``'s ``epoch_length``: the problem's, a pass over the
+    training rows, where it has one.) ``dual`` holds the humancompatible-train optimizer.
     """
 
     METHODS = ("ALM", "PBM", "SSG")
@@ -95,8 +97,8 @@ class HCTDual:
         like = _like(problem)
         if method == "ALM":
             dual = {"lr": 0.1, "penalty": 1.0, "is_ineq": True, **dual}
-        elif method == "PBM":
-            dual = {"epoch_length": 100, **dual}
+        elif method == "PBM":  # annealing epochs of one pass over the data, as hctrain's SPBM
+            dual = {"epoch_length": getattr(problem, "epoch_length", None) or 100, **dual}
         else:
             dual = {"constraint_tol": 0.0, **dual}
         self.name = f"HCT {method}"
@@ -164,7 +166,8 @@ class CooperLagrangian:
 
 
 def build(name: str, problem: StochasticProblem, **hyper: Any):
-    """A peer by its name in :data:`NAMES`, over ``problem``."""
+    """A peer by its name in ``NAMES`` (``"torch Adam"``, ``"HCT ALM"``, ``"HCT PBM"``,
+    ``"HCT SSG"``, ``"Cooper GDA"``, ``"Cooper AL"``), over ``problem``."""
     if name == "torch Adam":
         return TorchAdam(problem, **hyper)
     if name.startswith("HCT "):
@@ -177,3 +180,125 @@ def build(name: str, problem: StochasticProblem, **hyper: Any):
 NAMES = ("torch Adam", "HCT ALM", "HCT PBM", "HCT SSG", "Cooper GDA", "Cooper AL")
 PACKAGE_OF = {"torch Adam": None, "HCT ALM": "humancompatible-train", "HCT PBM": "humancompatible-train",
               "HCT SSG": "humancompatible-train", "Cooper GDA": "cooper-optim", "Cooper AL": "cooper-optim"}
+
+
+# --- fairlearn: reductions and post-processing on a FairnessTask's splits ------------------------
+
+def _fairlearn_records(task, name: str, run: int, seed: int, fit_s: float, predict) -> "pd.DataFrame":
+    import pandas as pd
+
+    rows = []
+    for split in task.splits:
+        probabilities, decisions = predict(split)
+        values = task.evaluate_predictions(split, probabilities=probabilities, decisions=decisions)
+        rows += [(name, run, seed, 1, fit_s, s, metric, value) for (s, metric), value in values.items()]
+    return pd.DataFrame(rows, columns=["algorithm", "run", "seed", "step", "time_s", "split", "metric", "value"])
+
+
+def _seeded(estimator, seed: int):
+    from sklearn.base import clone
+
+    estimator = clone(estimator)
+    if "random_state" in estimator.get_params():
+        estimator.set_params(random_state=seed)
+    return estimator
+
+
+def classifier_records(task, estimator, *, name: str | None = None, n_runs: int = 1,
+                       seed: int = 0) -> "pd.DataFrame":
+    """A scikit-learn classifier without constraints (``predict_proba``), fit on the task's
+    ``"train"`` split: records as :func:`fairlearn_reduction`'s, the reference a constrained
+    model's loss and accuracy are read against."""
+    import time
+
+    import pandas as pd
+
+    name = name or type(estimator).__name__
+    train = task.split("train")
+    frames = []
+    for r in range(n_runs):
+        start = time.perf_counter()
+        fitted = _seeded(estimator, seed + r).fit(train.x.numpy(), train.y.numpy())
+        fit_s = time.perf_counter() - start
+
+        def predict(split: str):
+            return torch.as_tensor(fitted.predict_proba(task.split(split).x.numpy())[:, 1]), None
+
+        frames.append(_fairlearn_records(task, name, r, seed + r, fit_s, predict))
+    return pd.concat(frames, ignore_index=True)
+
+
+def fairlearn_reduction(task, estimator, *, name: str | None = None, bound: float | None = None,
+                        n_runs: int = 1, seed: int = 0, **options: Any) -> "pd.DataFrame":
+    """fairlearn's ``ExponentiatedGradient`` (Agarwal et al., 2018) with
+    ``DemographicParity(difference_bound=bound)`` -- ``|P(h = 1 | g) - P(h = 1)| <= bound``
+    for every group, the book's constraint on decisions -- around a scikit-learn ``estimator``,
+    fit on the task's ``"train"`` split (its inputs, labels and groups). Run r clones the
+    estimator with ``random_state = seed + r`` (where it has one) and draws the randomized
+    classifier's decisions with the same seed. Returns records in the runner's columns (one
+    evaluation, ``step`` 1, ``time_s`` the fit's wall time) with the metrics of
+    :meth:`hctrain.task.FairnessTask.evaluate_predictions` on every split: the probabilities
+    are the randomized classifier's P(h = 1 | x)."""
+    _require("fairlearn")
+    import time
+
+    from fairlearn.reductions import DemographicParity, ExponentiatedGradient
+
+    bound = task.bound if bound is None else check_number("bound", bound, low=0.0)
+    name = name or f"fairlearn EG ({type(estimator).__name__})"
+    train = task.split("train")
+    frames = []
+    for r in range(n_runs):
+        start = time.perf_counter()
+        reduction = ExponentiatedGradient(_seeded(estimator, seed + r),
+                                          constraints=DemographicParity(difference_bound=bound), **options)
+        reduction.fit(train.x.numpy(), train.y.numpy(), sensitive_features=train.group.numpy())
+        fit_s = time.perf_counter() - start
+
+        def predict(split: str):
+            x = task.split(split).x.numpy()
+            return (torch.as_tensor(reduction._pmf_predict(x)[:, 1]),
+                    torch.as_tensor(reduction.predict(x, random_state=seed + r)))
+
+        frames.append(_fairlearn_records(task, name, r, seed + r, fit_s, predict))
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)
+
+
+def fairlearn_thresholds(task, estimator, *, fit_on: str = "validation", name: str | None = None,
+                         n_runs: int = 1, seed: int = 0) -> "pd.DataFrame":
+    """fairlearn's ``ThresholdOptimizer`` (Hardt et al., 2016) with
+    ``constraints="demographic_parity"``: ``estimator`` fit on ``"train"``, then per-group
+    (randomized) thresholds on its scores chosen on the split ``fit_on`` to maximise accuracy
+    at *equal* positive rates. The decisions use the group, at prediction time too. With
+    ``fit_on="validation"`` it is a method; with ``fit_on="test"`` it is an optimistic limit
+    (thresholds chosen on the rows they are scored on), not a result. Records as
+    :func:`fairlearn_reduction`'s; a thresholded classifier has no probabilities, so its loss and
+    ``c[...]`` are NaN."""
+    _require("fairlearn")
+    import time
+
+    import pandas as pd
+    from fairlearn.postprocessing import ThresholdOptimizer
+
+    if fit_on not in task.splits:
+        raise ValueError(f"fit_on must be one of the task's splits {task.splits}, got {fit_on!r}")
+    name = name or f"fairlearn thresholds ({type(estimator).__name__}, on {fit_on})"
+    train, tune = task.split("train"), task.split(fit_on)
+    frames = []
+    for r in range(n_runs):
+        start = time.perf_counter()
+        scorer = _seeded(estimator, seed + r).fit(train.x.numpy(), train.y.numpy())
+        thresholds = ThresholdOptimizer(estimator=scorer, constraints="demographic_parity",
+                                        objective="accuracy_score", prefit=True, predict_method="predict_proba")
+        thresholds.fit(tune.x.numpy(), tune.y.numpy(), sensitive_features=tune.group.numpy())
+        fit_s = time.perf_counter() - start
+
+        def predict(split: str):
+            rows = task.split(split)
+            return None, torch.as_tensor(thresholds.predict(rows.x.numpy(), sensitive_features=rows.group.numpy(),
+                                                            random_state=seed + r))
+
+        frames.append(_fairlearn_records(task, name, r, seed + r, fit_s, predict))
+    return pd.concat(frames, ignore_index=True)

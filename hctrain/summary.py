@@ -118,7 +118,8 @@ def per_run_table(records: pd.DataFrame, iterate: str = "last") -> pd.DataFrame:
 
 def selected_steps(records: pd.DataFrame, split: str = "validation") -> pd.DataFrame:
     """Per (algorithm, run), the evaluation chosen on ``split`` by a rule fixed in advance: among
-    the evaluations after the start at which every constraint held on ``split``, the one with the
+    the evaluations after the start at which every constraint held on ``split`` (every recorded
+    ``c[...]`` and, where the task records them, the decisions' ``d[...]``), the one with the
     lowest ``split`` loss; if there is none, the one with the smallest largest constraint value.
     Returns one row per run: ``step``, whether it was ``feasible`` on the split, and its
     ``split`` loss and largest constraint value. The test set plays no part in the choice.
@@ -132,12 +133,13 @@ def selected_steps(records: pd.DataFrame, split: str = "validation") -> pd.DataF
                          f"validation split (FairnessTask(..., validation_size=0.2)) and run again")
     keys = ["algorithm", "run", "step"]
     loss = mine[mine["metric"] == "loss"].set_index(keys)["value"].rename("loss")
-    worst = mine[mine["metric"].str.startswith("c[")].groupby(keys)["value"].max().rename("largest c")
+    worst = mine[mine["metric"].str.startswith(("c[", "d["))].groupby(keys)["value"].max().rename("largest c")
     table = pd.concat([loss, worst], axis=1).reset_index()
     table["feasible"] = table["largest c"] <= 0
     # feasible first, then the lowest loss; if none is feasible, the smallest violation
     table["key1"] = ~table["feasible"]
-    table["key2"] = table["loss"].where(table["feasible"], table["largest c"])
+    # a model without a loss (decisions only) is ranked by its constraints alone
+    table["key2"] = table["loss"].where(table["feasible"] & table["loss"].notna(), table["largest c"])
     chosen = (table.sort_values(["algorithm", "run", "key1", "key2", "step"], kind="stable")
               .groupby(["algorithm", "run"], sort=False).head(1))
     order = list(pd.unique(records["algorithm"]))
@@ -155,3 +157,53 @@ def selected_values(records: pd.DataFrame, split: str = "validation") -> pd.Data
     chosen["algorithm"] = chosen["algorithm"].astype(str)
     out = records.merge(chosen, on=["algorithm", "run", "step"], how="inner")
     return out.drop(columns=["time_s"]).reset_index(drop=True)
+
+
+def held_out_runs(records: pd.DataFrame, bound: float, iterate: str = "selected",
+                  split: str = "test") -> pd.DataFrame:
+    """One row per (algorithm, run) on ``split`` at the ``iterate`` (``"selected"`` on
+    validation by :func:`selected_steps`, or ``"last"``): loss, accuracy, the largest
+    positive-rate gap on the probabilities (``max_g c_g + bound``, for one-vs-overall constraints
+    ``|PR_g - PR|``) and on the decisions (from ``d[...]``), whether both are within ``bound``,
+    the certificate's largest upper bound (``gap UCB``) and whether it is within ``bound``, and
+    the training time of the run (seconds, at its last evaluation)."""
+    if iterate not in ("last", "selected"):
+        raise ValueError(f"iterate must be 'last' or 'selected', got {iterate!r}")
+    chosen = final_values(records) if iterate == "last" else selected_values(records)
+    mine = chosen[chosen["split"] == split]
+    if mine.empty:
+        raise ValueError(f"no evaluations on the split {split!r}; recorded: {sorted(set(records['split']))}")
+    keys = ["algorithm", "run"]
+    wide = mine.pivot_table(index=keys, columns="metric", values="value", dropna=False, observed=True)
+    out = pd.DataFrame(index=wide.index)
+    out["loss"] = wide.get("loss")
+    out["accuracy"] = wide.get("accuracy")
+    probability = [c for c in wide.columns if c.startswith("c[")]
+    decision = [c for c in wide.columns if c.startswith("d[")]
+    out["probability gap"] = wide[probability].max(axis=1, skipna=False) + bound if probability else np.nan
+    out["decision gap"] = wide[decision].max(axis=1) + bound if decision else np.nan
+    out["both within bound"] = ((out["probability gap"] <= bound) | out["probability gap"].isna()) & (
+        out["decision gap"] <= bound)
+    out["gap UCB"] = wide["gap UCB"] if "gap UCB" in wide else np.nan
+    out["certified"] = out["gap UCB"] <= bound
+    time_s = records.groupby(keys)["time_s"].max()
+    out["training time (s)"] = time_s.reindex(out.index)
+    order = list(pd.unique(records["algorithm"]))
+    out = out.reset_index()
+    out["algorithm"] = pd.Categorical(out["algorithm"], order, ordered=True)
+    return out.sort_values(keys).set_index(keys)
+
+
+def held_out_table(records: pd.DataFrame, bound: float, iterate: str = "selected",
+                   split: str = "test") -> pd.DataFrame:
+    """One row per algorithm from :func:`held_out_runs`: the mean over runs of the loss, accuracy,
+    both gaps, the certificate's upper bound and the training time, the share of runs with both
+    gaps within ``bound`` and the share certified within it, and the number of runs."""
+    runs = held_out_runs(records, bound, iterate, split)
+    grouped = runs.groupby(level="algorithm", observed=True)
+    table = grouped[["loss", "accuracy", "probability gap", "decision gap", "gap UCB"]].mean()
+    table["share within bound"] = grouped["both within bound"].mean()
+    table["share certified"] = grouped["certified"].mean()
+    table["training time (s)"] = grouped["training time (s)"].mean()
+    table["runs"] = grouped.size()
+    return table

@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-from fairret.statistic import LinearFractionalStatistic
+from fairret.statistic import LinearFractionalStatistic, PositiveRate
 from torch import Tensor, nn
 
 from .checks import check_integer, check_number, check_seed
@@ -121,6 +121,16 @@ class FairnessTask:
     training rows (:class:`~hctrain.fairness.GroupFairnessConstraints` ``population_shares``),
     so that on a balanced batch the loss and the constraints estimate the population's, the
     quantities :meth:`evaluate` computes on full splits and the problem states.
+    ``constraint_on="decisions"`` gives the algorithms proxy constraints (Cotter et al., 2019):
+    the constraint values are the statistic's on the decisions ``logit > 0`` (so duals, penalties
+    and switching tests act on what a deployed model would do), their gradient the differentiable
+    surrogate's on the probabilities (a straight-through value, ``c_soft + (c_hard - c_soft)``
+    detached). ``decision_gaps=True`` adds the decisions' constraint values ``d[...]`` to every
+    evaluation, next to the probabilities' ``c[...]``; ``certify_alpha`` (e.g. 0.05) adds
+    ``gap UCB``, the largest simultaneous 1 - alpha upper confidence bound on the decisions'
+    positive-rate gaps (:mod:`hctrain.certificate`). ``validation_size`` holds out that share of
+    each group's training rows as a ``"validation"`` split for model selection.
+
     ``"batch"`` (the paper's protocol): the batch's own mean loss and overall statistic; on a
     balanced batch (the same number of rows per group) that weights every group equally, so the
     overall rate it constrains against is the unweighted mean of the group rates, not the
@@ -139,6 +149,9 @@ class FairnessTask:
         validation_size: float = 0.0,
         validation_seed: int = 0,
         estimate: str = "population",
+        constraint_on: str = "probabilities",
+        decision_gaps: bool = False,
+        certify_alpha: float | None = None,
     ):
         if not isinstance(data, FairnessData):
             raise TypeError(f"data must be a FairnessData (from hctrain.data.load_acsincome or "
@@ -156,6 +169,23 @@ class FairnessTask:
         if estimate not in ESTIMATES:
             raise ValueError(f"estimate must be one of {ESTIMATES}, got {estimate!r}")
         self.estimate = estimate
+        if constraint_on not in CONSTRAINT_ON:
+            raise ValueError(f"constraint_on must be one of {CONSTRAINT_ON} (what the constraint values "
+                             f"the algorithms see are rates of: predicted probabilities, or decisions "
+                             f"logit > 0 with the probabilities' gradient), got {constraint_on!r}")
+        self.constraint_on = constraint_on
+        if not isinstance(decision_gaps, bool):
+            raise ValueError(f"decision_gaps must be True or False, got {decision_gaps!r}")
+        self.decision_gaps = decision_gaps
+        if certify_alpha is not None:
+            certify_alpha = check_number("certify_alpha", certify_alpha, low=0.0, high=1.0, low_open=True,
+                                         high_open=True, fix="; e.g. 0.05 (95% bounds), or None for none")
+            if (constraint not in ("one_vs_overall", "signed_one_vs_overall") or len(statistics) != 1
+                    or not isinstance(statistics[0], PositiveRate)):
+                raise ValueError("certify_alpha bounds positive-rate gaps |PR_g - PR| (hctrain.certificate); "
+                                 "it needs constraint='one_vs_overall' or 'signed_one_vs_overall' and the "
+                                 "PositiveRate statistic")
+        self.certify_alpha = certify_alpha
         counts = torch.bincount(self._rows["train"].group, minlength=data.n_groups).double()
         self.population_shares = counts / counts.sum()
         shares = self.population_shares if estimate == "population" else None
@@ -199,6 +229,23 @@ class FairnessTask:
         return (self.population_shares.to(per_row) * sums / sizes).sum()
 
     def constraint_values(self, logits: Tensor, batch: Batch) -> Tensor:
+        c = self._soft_constraint_values(logits, batch)
+        if self.constraint_on == "probabilities":
+            return c
+        # proxy constraints (Cotter et al., 2019): the value is the decisions' (what the duals and
+        # the switching test read), the gradient the probabilities' (what the primal step needs)
+        decisions = (logits.detach() > 0).to(logits.dtype)
+        args = (batch.y,) if self._labels else ()
+        hard = self.constraints(decisions, batch.group, *args)
+        if not bool(torch.isfinite(hard).all()):  # e.g. precision with no predicted positive in a group
+            bad = [n for n, v in zip(self.constraint_names, hard.tolist()) if v != v]
+            raise ValueError(f"the decision constraints {bad[:6]} are 0/0 on this batch: no row of the "
+                             "group in the statistic's denominator among the decisions logit > 0; draw "
+                             f"more rows per group (batch_per_group={self.batch_per_group}) or constrain "
+                             "the probabilities (constraint_on='probabilities')")
+        return c + (hard - c).detach()
+
+    def _soft_constraint_values(self, logits: Tensor, batch: Batch) -> Tensor:
         # integer codes, not self.sens(...): the group sums are then an index_add_, no one-hot
         if not self._labels:
             return self.constraints.from_logits(logits, batch.group)
@@ -272,24 +319,93 @@ class FairnessTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[tuple[str, str], float]:
-        """Loss, accuracy and each constraint value c_i on the full train and test sets."""
+        """Loss, accuracy and each constraint value c_i on every split (:meth:`evaluate_predictions`
+        of the model's logits)."""
         was_training = model.training
         model.eval()
         out: dict[tuple[str, str], float] = {}
-        for split in self.splits:
-            batch = self.split(split)
-            logits = model(batch.x).squeeze(-1)
+        try:
+            for split in self.splits:
+                logits = model(self.split(split).x).squeeze(-1)
+                out.update(self.evaluate_predictions(split, logits=logits))
+        finally:
+            model.train(was_training)
+        return out
+
+    @torch.no_grad()
+    def evaluate_predictions(self, split: str, logits: Tensor | None = None, *,
+                             probabilities: Tensor | None = None,
+                             decisions: Tensor | None = None) -> dict[tuple[str, str], float]:
+        """The metrics of :meth:`evaluate` for predictions on the rows of ``split`` made by any
+        model (a scikit-learn or fairlearn classifier, say): ``logits``, or ``probabilities``
+        P(y = 1 | x), and the ``decisions`` (0/1; default ``probabilities > 0.5``, which is
+        ``logits > 0``). Without probabilities (a model that only decides) the loss and the
+        ``c[...]`` values are NaN. Returns ``{(split, metric): value}``: ``loss`` (binary
+        cross-entropy), ``accuracy``, ``c[<name>]`` on the probabilities and, with
+        ``decision_gaps``, ``d[<name>]`` on the decisions; with ``certify_alpha``, ``gap UCB``: the
+        largest of the groups' simultaneous upper confidence bounds on the decisions' gaps
+        (:func:`hctrain.certificate.gap_upper_bounds`, Clopper-Pearson)."""
+        batch = self.split(split)
+        n = len(batch.y)
+        if logits is not None and probabilities is not None:
+            raise ValueError("give logits or probabilities, not both")
+        if logits is not None:
+            logits = _rows_tensor("logits", logits, n).to(batch.y.dtype)
+            probabilities = torch.sigmoid(logits)
+        elif probabilities is not None:
+            probabilities = _rows_tensor("probabilities", probabilities, n).to(batch.y.dtype)
+            if bool(((probabilities < 0) | (probabilities > 1)).any()):
+                raise ValueError("probabilities must lie in [0, 1] (P(y = 1 | x)); for scores give logits=")
+        if decisions is None:
+            if probabilities is None:
+                raise ValueError("give logits, probabilities or decisions for the rows of the split")
+            decisions = (logits > 0) if logits is not None else (probabilities > 0.5)
+        decisions = _rows_tensor("decisions", decisions, n).to(batch.y.dtype)
+        if not bool(((decisions == 0) | (decisions == 1)).all()):
+            raise ValueError("decisions must be 0 or 1 (predicted labels)")
+        args = (batch.y,) if self._labels else ()
+        out: dict[tuple[str, str], float] = {}
+        if logits is not None:
             out[(split, "loss")] = float(F.binary_cross_entropy_with_logits(logits, batch.y))
-            out[(split, "accuracy")] = float(((logits > 0).float() == batch.y).float().mean())
-            args = (batch.y,) if self._labels else ()
-            values = self._full_constraints.from_logits(logits, batch.group, *args)
-            for name, value in zip(self.constraint_names, values.tolist()):
-                out[(split, constraint_metric(name))] = value
-        model.train(was_training)
+        elif probabilities is not None:
+            out[(split, "loss")] = float(F.binary_cross_entropy(probabilities.clamp(1e-7, 1 - 1e-7), batch.y))
+        else:
+            out[(split, "loss")] = float("nan")
+        out[(split, "accuracy")] = float((decisions == batch.y).to(batch.y.dtype).mean())
+        if logits is not None:
+            values = self._full_constraints.from_logits(logits, batch.group, *args).tolist()
+        elif probabilities is not None:
+            values = self._full_constraints(probabilities, batch.group, *args).tolist()
+        else:
+            values = [float("nan")] * self.m
+        for name, value in zip(self.constraint_names, values):
+            out[(split, constraint_metric(name))] = value
+        if self.decision_gaps:  # the same constraints on the decisions
+            hard = self._full_constraints(decisions, batch.group, *args)
+            for name, value in zip(self.constraint_names, hard.tolist()):
+                out[(split, decision_metric(name))] = value
+        if self.certify_alpha is not None:
+            from .certificate import gap_upper_bounds
+
+            table = gap_upper_bounds(decisions, batch.group, self.data.group_names, alpha=self.certify_alpha)
+            out[(split, "gap UCB")] = float(table["upper bound"].max())
         return out
 
 
+def decision_metric(name: str) -> str:
+    """The metric name of constraint ``name`` evaluated on decisions: ``d[<name>]``."""
+    return f"d[{name}]"
+
+
+def _rows_tensor(what: str, values, n: int) -> Tensor:
+    t = torch.as_tensor(values).detach().cpu().reshape(-1) if not isinstance(values, Tensor) else values.detach().reshape(-1)
+    if t.numel() != n:
+        raise ValueError(f"{what} must have one value per row of the split ({n}), got {t.numel()}")
+    return t
+
+
 ESTIMATES = ("batch", "population")
+CONSTRAINT_ON = ("probabilities", "decisions")
 
 
 def _constraints(group_names, bound, kind, statistics, shares):

@@ -288,3 +288,53 @@ def test_population_shares_are_checked() -> None:
         GroupFairnessConstraints(list("ab"), 0.05, population_shares=[0.5, 0.6])
     with pytest.raises(ValueError, match="2 non-negative numbers"):
         GroupFairnessConstraints(list("ab"), 0.05, population_shares=[1.0])
+
+
+@pytest.mark.parametrize("shares", [None, [0.5, 0.3, 0.2]])
+def test_signed_constraints_values_and_gradient(shares):
+    """c = (S_g - S - b, S - S_g - b): the fused node's values and gradient equal autograd's of
+    the formula, and its largest value is the one-vs-overall form's."""
+    from hctrain.fairness import GroupFairnessConstraints
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(60, dtype=torch.float64, generator=g, requires_grad=True)
+    group = torch.arange(3).repeat(20)
+    signed = GroupFairnessConstraints(["a", "b", "c"], 0.05, "signed_one_vs_overall", population_shares=shares)
+    plain = GroupFairnessConstraints(["a", "b", "c"], 0.05, "one_vs_overall", population_shares=shares)
+    assert signed.names == ["a above", "b above", "c above", "a below", "b below", "c below"] and signed.m == 6
+    c = signed.from_logits(logits, group)
+    p = torch.sigmoid(logits)
+    rates = torch.stack([p[group == k].mean() for k in range(3)])
+    overall = rates.mean() if shares is None else (torch.tensor(shares, dtype=torch.float64) * rates).sum()
+    if shares is None:
+        overall = p.mean()
+    expected = torch.cat((rates - overall, overall - rates)) - 0.05
+    assert torch.allclose(c, expected, atol=1e-12)
+    assert float(c.max()) == pytest.approx(float(plain.from_logits(logits, group).max()), abs=1e-12)
+    weights = torch.randn(6, dtype=torch.float64, generator=g)
+    (mine,) = torch.autograd.grad(c, logits, weights)
+    (reference,) = torch.autograd.grad(expected, logits, weights)
+    assert torch.allclose(mine, reference, atol=1e-12)
+    slow = signed(p.detach().requires_grad_(), torch.nn.functional.one_hot(group, 3).double())  # unfused path
+    assert torch.allclose(slow, expected.detach(), atol=1e-12)
+
+
+def test_signed_batch_values_are_unbiased_where_the_absolute_gap_is_not():
+    """On balanced batches of 8 rows per group, the mean of the signed constraints is the full
+    data's value; the mean of |S_g - S| - b overestimates it (E|X| >= |E X|)."""
+    from hctrain.data import BalancedGroupSampler
+    from hctrain.fairness import GroupFairnessConstraints
+
+    g = torch.Generator().manual_seed(2)
+    group = torch.cat([torch.zeros(300), torch.ones(200), torch.full((100,), 2)]).long()
+    p = torch.rand(600, generator=g) * 0.2 + 0.4  # rates near 0.5 in every group: gaps near 0
+    shares = torch.bincount(group).double() / 600
+    signed = GroupFairnessConstraints(["a", "b", "c"], 0.05, "signed_one_vs_overall", population_shares=shares)
+    absolute = GroupFairnessConstraints(["a", "b", "c"], 0.05, "one_vs_overall", population_shares=shares)
+    full_signed, full_abs = signed(p.double(), group), absolute(p.double(), group)
+    sampler = BalancedGroupSampler(group, 8, seed=0)
+    draws = [sampler.sample() for _ in range(4000)]
+    mean_signed = torch.stack([signed(p[i].double(), group[i]) for i in draws]).mean(0)
+    mean_abs = torch.stack([absolute(p[i].double(), group[i]) for i in draws]).mean(0)
+    assert torch.allclose(mean_signed, full_signed, atol=0.004)
+    assert bool((mean_abs - full_abs > 0.005).all())  # biased upwards, by about the noise of a batch

@@ -25,3 +25,17 @@ def test_own_model_data_and_loop_runs_as_written():
     assert c.shape == (2,) and torch.isfinite(c).all()
     exec(second, scope)  # the own-loop form, one epoch
     assert scope["opt"].iteration == len(scope["loader"])
+
+
+def test_fairness_task_and_held_out_table_run_as_written():
+    first, second = _section("The book's fairness task in 10 lines")
+    scope: dict = {}
+
+    def shorter(code: str) -> str:  # offline, and a few steps instead of minutes
+        code = code.replace('load_acsincome("VA")', 'load_acsincome("VA", download=False, verbose=False)')
+        return re.sub(r"budget_s=\d+, n_runs=5", "max_steps=10, n_runs=1, progress=False", code)
+
+    exec(shorter(first), scope)
+    exec(shorter(second), scope)
+    table = scope["held_out_table"](scope["records"], bound=0.05)
+    assert list(table.index) == ["SSLALM"] and {"decision gap", "share certified"} <= set(table.columns)
