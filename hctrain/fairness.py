@@ -353,18 +353,14 @@ class _PositiveRateConstraints(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         sens, sizes, diff, count, probs = ctx.saved_tensors
-        if ctx.signed:  # c = (diff, -diff) - b: dL/d diff_g = g_g+ - g_g-
+        if ctx.kind == "one_vs_overall":  # dL/d diff_g: g_g sgn(diff_g), or g_g+ - g_g- when signed
             G = ctx.n_groups
-            grad_stats = grad[:G] - grad[G:]
+            grad_stats = grad[:G] - grad[G:] if ctx.signed else grad * diff.sgn()
         if ctx.weighted:
             # dL/dS_g = d_g - pi_g sum_h d_h (count holds pi), then dL/dp_n = dL/dS_g(n) / n_g(n)
-            if not ctx.signed:
-                grad_stats = grad * diff.sgn()
             per_group = (grad_stats - count * grad_stats.sum()) / sizes
             grad_probs = per_group.index_select(0, sens)
         elif ctx.kind == "one_vs_overall":
-            if not ctx.signed:
-                grad_stats = grad * diff.sgn()
             # dL/dp_n = d_g / n_g + (-sum d) / N, formed on the G groups before the gather: the
             # same two operands meet in the same addition for every row of group g (and
             # x + (-y) / N is x - y / N exactly), so this is autograd's value with fewer operations

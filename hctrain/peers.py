@@ -184,15 +184,26 @@ PACKAGE_OF = {"torch Adam": None, "HCT ALM": "humancompatible-train", "HCT PBM":
 
 # --- fairlearn: reductions and post-processing on a FairnessTask's splits ------------------------
 
-def _fairlearn_records(task, name: str, run: int, seed: int, fit_s: float, predict) -> "pd.DataFrame":
+def _fitted_records(task, name: str, n_runs: int, seed: int, fit, predict) -> "pd.DataFrame":
+    """Records in the runner's columns of ``n_runs`` fits: run r calls ``fit(seed + r)`` (timed,
+    ``time_s``), then ``predict(model, split, seed + r) -> (probabilities or None, decisions or
+    None)`` on every split of the task, evaluated by ``task.evaluate_predictions`` (``step`` 1)."""
+    import time
+
     import pandas as pd
 
+    from .runner import COLUMNS
+
     rows = []
-    for split in task.splits:
-        probabilities, decisions = predict(split)
-        values = task.evaluate_predictions(split, probabilities=probabilities, decisions=decisions)
-        rows += [(name, run, seed, 1, fit_s, s, metric, value) for (s, metric), value in values.items()]
-    return pd.DataFrame(rows, columns=["algorithm", "run", "seed", "step", "time_s", "split", "metric", "value"])
+    for r in range(n_runs):
+        start = time.perf_counter()
+        model = fit(seed + r)
+        fit_s = time.perf_counter() - start
+        for split in task.splits:
+            probabilities, decisions = predict(model, split, seed + r)
+            values = task.evaluate_predictions(split, probabilities=probabilities, decisions=decisions)
+            rows += [(name, r, seed + r, 1, fit_s, s, metric, value) for (s, metric), value in values.items()]
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def _seeded(estimator, seed: int):
@@ -209,23 +220,16 @@ def classifier_records(task, estimator, *, name: str | None = None, n_runs: int 
     """A scikit-learn classifier without constraints (``predict_proba``), fit on the task's
     ``"train"`` split: records as :func:`fairlearn_reduction`'s, the reference a constrained
     model's loss and accuracy are read against."""
-    import time
-
-    import pandas as pd
-
     name = name or type(estimator).__name__
     train = task.split("train")
-    frames = []
-    for r in range(n_runs):
-        start = time.perf_counter()
-        fitted = _seeded(estimator, seed + r).fit(train.x.numpy(), train.y.numpy())
-        fit_s = time.perf_counter() - start
 
-        def predict(split: str):
-            return torch.as_tensor(fitted.predict_proba(task.split(split).x.numpy())[:, 1]), None
+    def fit(run_seed: int):
+        return _seeded(estimator, run_seed).fit(train.x.numpy(), train.y.numpy())
 
-        frames.append(_fairlearn_records(task, name, r, seed + r, fit_s, predict))
-    return pd.concat(frames, ignore_index=True)
+    def predict(model, split: str, run_seed: int):
+        return torch.as_tensor(model.predict_proba(task.split(split).x.numpy())[:, 1]), None
+
+    return _fitted_records(task, name, n_runs, seed, fit, predict)
 
 
 def fairlearn_reduction(task, estimator, *, name: str | None = None, bound: float | None = None,
@@ -240,30 +244,23 @@ def fairlearn_reduction(task, estimator, *, name: str | None = None, bound: floa
     :meth:`hctrain.task.FairnessTask.evaluate_predictions` on every split: the probabilities
     are the randomized classifier's P(h = 1 | x)."""
     _require("fairlearn")
-    import time
-
     from fairlearn.reductions import DemographicParity, ExponentiatedGradient
 
     bound = task.bound if bound is None else check_number("bound", bound, low=0.0)
     name = name or f"fairlearn EG ({type(estimator).__name__})"
     train = task.split("train")
-    frames = []
-    for r in range(n_runs):
-        start = time.perf_counter()
-        reduction = ExponentiatedGradient(_seeded(estimator, seed + r),
+
+    def fit(run_seed: int):
+        reduction = ExponentiatedGradient(_seeded(estimator, run_seed),
                                           constraints=DemographicParity(difference_bound=bound), **options)
-        reduction.fit(train.x.numpy(), train.y.numpy(), sensitive_features=train.group.numpy())
-        fit_s = time.perf_counter() - start
+        return reduction.fit(train.x.numpy(), train.y.numpy(), sensitive_features=train.group.numpy())
 
-        def predict(split: str):
-            x = task.split(split).x.numpy()
-            return (torch.as_tensor(reduction._pmf_predict(x)[:, 1]),
-                    torch.as_tensor(reduction.predict(x, random_state=seed + r)))
+    def predict(reduction, split: str, run_seed: int):
+        x = task.split(split).x.numpy()
+        return (torch.as_tensor(reduction._pmf_predict(x)[:, 1]),
+                torch.as_tensor(reduction.predict(x, random_state=run_seed)))
 
-        frames.append(_fairlearn_records(task, name, r, seed + r, fit_s, predict))
-    import pandas as pd
-
-    return pd.concat(frames, ignore_index=True)
+    return _fitted_records(task, name, n_runs, seed, fit, predict)
 
 
 def fairlearn_thresholds(task, estimator, *, fit_on: str = "validation", name: str | None = None,
@@ -277,28 +274,22 @@ def fairlearn_thresholds(task, estimator, *, fit_on: str = "validation", name: s
     :func:`fairlearn_reduction`'s; a thresholded classifier has no probabilities, so its loss and
     ``c[...]`` are NaN."""
     _require("fairlearn")
-    import time
-
-    import pandas as pd
     from fairlearn.postprocessing import ThresholdOptimizer
 
     if fit_on not in task.splits:
         raise ValueError(f"fit_on must be one of the task's splits {task.splits}, got {fit_on!r}")
     name = name or f"fairlearn thresholds ({type(estimator).__name__}, on {fit_on})"
     train, tune = task.split("train"), task.split(fit_on)
-    frames = []
-    for r in range(n_runs):
-        start = time.perf_counter()
-        scorer = _seeded(estimator, seed + r).fit(train.x.numpy(), train.y.numpy())
+
+    def fit(run_seed: int):
+        scorer = _seeded(estimator, run_seed).fit(train.x.numpy(), train.y.numpy())
         thresholds = ThresholdOptimizer(estimator=scorer, constraints="demographic_parity",
                                         objective="accuracy_score", prefit=True, predict_method="predict_proba")
-        thresholds.fit(tune.x.numpy(), tune.y.numpy(), sensitive_features=tune.group.numpy())
-        fit_s = time.perf_counter() - start
+        return thresholds.fit(tune.x.numpy(), tune.y.numpy(), sensitive_features=tune.group.numpy())
 
-        def predict(split: str):
-            rows = task.split(split)
-            return None, torch.as_tensor(thresholds.predict(rows.x.numpy(), sensitive_features=rows.group.numpy(),
-                                                            random_state=seed + r))
+    def predict(thresholds, split: str, run_seed: int):
+        rows = task.split(split)
+        return None, torch.as_tensor(thresholds.predict(rows.x.numpy(), sensitive_features=rows.group.numpy(),
+                                                        random_state=run_seed))
 
-        frames.append(_fairlearn_records(task, name, r, seed + r, fit_s, predict))
-    return pd.concat(frames, ignore_index=True)
+    return _fitted_records(task, name, n_runs, seed, fit, predict)

@@ -237,7 +237,9 @@ class FairnessTask:
         decisions = (logits.detach() > 0).to(logits.dtype)
         args = (batch.y,) if self._labels else ()
         hard = self.constraints(decisions, batch.group, *args)
-        if not bool(torch.isfinite(hard).all()):  # e.g. precision with no predicted positive in a group
+        # a positive rate is never 0/0 on a batch that holds every group: the host sync (as in
+        # the soft path) only for statistics whose denominator depends on labels or decisions
+        if self._labels and not bool(torch.isfinite(hard).all()):  # e.g. precision, no predicted positive
             bad = [n for n, v in zip(self.constraint_names, hard.tolist()) if v != v]
             raise ValueError(f"the decision constraints {bad[:6]} are 0/0 on this batch: no row of the "
                              "group in the statistic's denominator among the decisions logit > 0; draw "
