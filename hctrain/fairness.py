@@ -104,6 +104,7 @@ class GroupFairnessConstraints:
         # Per-call constants as tensors: an op with a Python scalar operand pays for wrapping it.
         self._bounds: dict[tuple[torch.dtype, float], Tensor] = {}
         self._row_counts: dict[int, Tensor] = {}
+        self._row_ones: dict[tuple, Tensor] = {}
 
     @property
     def n_groups(self) -> int:
@@ -156,6 +157,16 @@ class GroupFairnessConstraints:
                 self._row_counts.clear()
             count = self._row_counts[n] = torch.tensor(n)
         return count
+
+    def _ones(self, probs: Tensor) -> Tensor:
+        """N ones of the probabilities' dtype and device (cached by N, dtype and device)."""
+        key = (probs.shape[0], probs.dtype, probs.device)
+        ones = self._row_ones.get(key)
+        if ones is None:
+            if len(self._row_ones) >= 64:  # batch sizes are few; do not grow without bound
+                self._row_ones.clear()
+            ones = self._row_ones[key] = torch.ones(key[0], dtype=probs.dtype, device=probs.device)
+        return ones
 
     def shares_like(self, x: Tensor) -> Tensor:
         """pi as a tensor of x's dtype and device (cached)."""
@@ -300,6 +311,7 @@ class StackedFairnessConstraints:
 
 
 _SIGMOID_BACKWARD = torch.ops.aten.sigmoid_backward.default  # autograd's own sigmoid backward
+_EXACT_COUNT_DTYPES = (torch.float32, torch.float64)  # a sum of ones counts exactly to 2^24 (2^53)
 
 
 class _PositiveRateConstraints(torch.autograd.Function):
@@ -326,54 +338,58 @@ class _PositiveRateConstraints(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, sens: Tensor, owner: GroupFairnessConstraints, from_logits: bool) -> Tensor:
         probs = torch.sigmoid(x) if from_logits else x
+        G = len(owner.group_names)
         sums = owner._group_sums(probs, sens)  # first: it names bad group codes
-        sizes = owner._group_sizes(sens)
-        stats = sums / sizes
-        against_overall = owner.kind in AGAINST_OVERALL
-        ctx.weighted = against_overall and owner.population_shares is not None
-        ctx.signed = owner.kind == "signed_one_vs_overall"
-        if ctx.weighted:  # S = sum_g pi_g S_g
+        if probs.dtype in _EXACT_COUNT_DTYPES:
+            # the group sizes as a float sum of ones: the same values as the integer counts
+            # (exact below 2^24), no int-to-float conversion and no bincount's pass for its range
+            sizes = probs.new_zeros(G).index_add_(0, sens, owner._ones(probs))
+        else:
+            sizes = owner._group_sizes(sens)
+        stats = sums.div_(sizes)
+        kind = owner.kind
+        keep = probs if from_logits else None
+        if kind == "pairwise":
+            # the off-diagonal entries of the G x G differences, row by row: the matrix from its
+            # second entry on, seen as (G-1) x (G+1), without its last column
+            square = stats.unsqueeze(1) - stats
+            gaps = square.as_strided((G - 1, G), (G + 1, 1), 1).reshape(-1)
+            ctx.save_for_backward(sens, sizes, keep)
+        elif owner.population_shares is not None:  # S = sum_g pi_g S_g
             shares = owner.shares_like(stats)
             diff = stats - (shares * stats).sum()
-            gaps = torch.cat((diff, -diff)) if ctx.signed else diff.abs()
-            ctx.save_for_backward(sens, sizes, diff, shares, probs if from_logits else None)
-        elif against_overall:
+            gaps = torch.cat((diff, -diff)) if kind == "signed_one_vs_overall" else diff.abs()
+            ctx.save_for_backward(sens, sizes, keep, diff, shares)
+        else:
             count = owner._row_count(probs)
             diff = stats - probs.sum() / count
-            gaps = torch.cat((diff, -diff)) if ctx.signed else diff.abs()
-            ctx.save_for_backward(sens, sizes, diff, count, probs if from_logits else None)
-        else:
-            gaps = owner.gaps_from_statistics(stats)
-            ctx.save_for_backward(sens, sizes, None, None, probs if from_logits else None)
-        ctx.kind = "one_vs_overall" if against_overall else owner.kind
-        ctx.n_groups, ctx.from_logits = owner.n_groups, from_logits
+            gaps = torch.cat((diff, -diff)) if kind == "signed_one_vs_overall" else diff.abs()
+            ctx.save_for_backward(sens, sizes, keep, diff, count)
+        ctx.kind, ctx.weighted, ctx.n_groups = kind, owner.population_shares is not None, G
         return gaps.sub_(owner._bound_like(gaps))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        sens, sizes, diff, count, probs = ctx.saved_tensors
-        if ctx.kind == "one_vs_overall":  # dL/d diff_g: g_g sgn(diff_g), or g_g+ - g_g- when signed
-            G = ctx.n_groups
-            grad_stats = grad[:G] - grad[G:] if ctx.signed else grad * diff.sgn()
-        if ctx.weighted:
-            # dL/dS_g = d_g - pi_g sum_h d_h (count holds pi), then dL/dp_n = dL/dS_g(n) / n_g(n)
-            per_group = (grad_stats - count * grad_stats.sum()) / sizes
-            grad_probs = per_group.index_select(0, sens)
-        elif ctx.kind == "one_vs_overall":
-            # dL/dp_n = d_g / n_g + (-sum d) / N, formed on the G groups before the gather: the
-            # same two operands meet in the same addition for every row of group g (and
-            # x + (-y) / N is x - y / N exactly), so this is autograd's value with fewer operations
-            per_group = (grad_stats / sizes).sub_(grad_stats.sum() / count)
-            grad_probs = per_group.index_select(0, sens)
+        kind, G = ctx.kind, ctx.n_groups
+        if kind == "pairwise":
+            sens, sizes, probs = ctx.saved_tensors
+            full = grad.new_zeros(G, G)
+            full.as_strided((G - 1, G), (G + 1, 1), 1).copy_(grad.view(G - 1, G))
+            per_group = full.sum(1).sub_(full.sum(0)).div_(sizes)
         else:
-            G = ctx.n_groups
-            full = grad.new_zeros(G * G)
-            # the off-diagonal entries of a G x G matrix, row by row, are full[1:] seen as a
-            # (G-1) x (G+1) matrix without its last column
-            full[1:].view(G - 1, G + 1)[:, :G].copy_(grad.reshape(G - 1, G))
-            square = full.view(G, G)
-            grad_probs = (square.sum(1).sub_(square.sum(0)) / sizes).index_select(0, sens)
-        if ctx.from_logits:
+            sens, sizes, probs, diff, count = ctx.saved_tensors
+            # dL/d diff_g: g_g sgn(diff_g), or g_g+ - g_g- when signed
+            grad_stats = grad[:G] - grad[G:] if kind == "signed_one_vs_overall" else grad * diff.sgn()
+            if ctx.weighted:
+                # dL/dS_g = d_g - pi_g sum_h d_h (count holds pi), then dL/dp_n = dL/dS_g(n) / n_g(n)
+                per_group = (grad_stats - count * grad_stats.sum()) / sizes
+            else:
+                # dL/dp_n = d_g / n_g + (-sum d) / N, formed on the G groups before the gather: the
+                # same two operands meet in the same addition for every row of group g (and
+                # x + (-y) / N is x - y / N exactly), so this is autograd's value with fewer operations
+                per_group = (grad_stats / sizes).sub_(grad_stats.sum() / count)
+        grad_probs = per_group.index_select(0, sens)
+        if probs is not None:
             grad_probs = _SIGMOID_BACKWARD(grad_probs, probs)
         return grad_probs, None, None, None
