@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .checks import check_number
+
 
 def final_values(records: pd.DataFrame) -> pd.DataFrame:
     """The last evaluation of every run: one row per (algorithm, run, split, metric)."""
@@ -116,7 +118,7 @@ def per_run_table(records: pd.DataFrame, iterate: str = "last") -> pd.DataFrame:
     return table.sort_values(keys).set_index(keys)
 
 
-def selected_steps(records: pd.DataFrame, split: str = "validation") -> pd.DataFrame:
+def selected_steps(records: pd.DataFrame, split: str = "validation", margin: float = 0.0) -> pd.DataFrame:
     """Per (algorithm, run), the evaluation chosen on ``split`` by a rule fixed in advance: among
     the evaluations after the start at which every constraint held on ``split`` (every recorded
     ``c[...]`` and, where the task records them, the decisions' ``d[...]``), the one with the
@@ -124,9 +126,16 @@ def selected_steps(records: pd.DataFrame, split: str = "validation") -> pd.DataF
     Returns one row per run: ``step``, whether it was ``feasible`` on the split, and its
     ``split`` loss and largest constraint value. The test set plays no part in the choice.
 
+    ``margin`` (>= 0, in the constraints' units) asks for every constraint to hold with that much
+    to spare on ``split``, ``c <= -margin`` (for gaps: ``gap <= bound - margin``): the chosen
+    iterate then sits inside the bound on the split by the margin, which leaves room for the
+    difference between the split and new data. It is part of the rule: fix it before looking at
+    the test set.
+
     The chosen iterate's numbers on every split are already in the records (every evaluation
     evaluates every split): :func:`selected_values` returns them. To rebuild the model itself,
     replay the run to that step (``hctrain.metrics.replay``)."""
+    margin = check_number("margin", margin, low=0.0, fix="; e.g. margin=0.01 (constraint units)")
     mine = records[(records["split"] == split) & (records["step"] > 0)]
     if mine.empty:
         raise ValueError(f"no evaluations on the split {split!r} after the start: give the task a "
@@ -135,7 +144,7 @@ def selected_steps(records: pd.DataFrame, split: str = "validation") -> pd.DataF
     loss = mine[mine["metric"] == "loss"].set_index(keys)["value"].rename("loss")
     worst = mine[mine["metric"].str.startswith(("c[", "d["))].groupby(keys)["value"].max().rename("largest c")
     table = pd.concat([loss, worst], axis=1).reset_index()
-    table["feasible"] = table["largest c"] <= 0
+    table["feasible"] = table["largest c"] <= -margin
     # feasible first, then the lowest loss; if none is feasible, the smallest violation
     table["key1"] = ~table["feasible"]
     # a model without a loss (decisions only) is ranked by its constraints alone
@@ -149,27 +158,28 @@ def selected_steps(records: pd.DataFrame, split: str = "validation") -> pd.DataF
             .set_index(["algorithm", "run"]))
 
 
-def selected_values(records: pd.DataFrame, split: str = "validation") -> pd.DataFrame:
-    """The records of the evaluations :func:`selected_steps` chooses, one per run: the same
-    columns as ``final_values``, so that :func:`per_run_table` and the tables built on
-    ``final_values`` read them as they read the last iterate."""
-    chosen = selected_steps(records, split).reset_index()[["algorithm", "run", "step"]]
+def selected_values(records: pd.DataFrame, split: str = "validation", margin: float = 0.0) -> pd.DataFrame:
+    """The records of the evaluations :func:`selected_steps` chooses (with its ``margin``), one per
+    run: the same columns as ``final_values``, so that :func:`per_run_table` and the tables built
+    on ``final_values`` read them as they read the last iterate."""
+    chosen = selected_steps(records, split, margin).reset_index()[["algorithm", "run", "step"]]
     chosen["algorithm"] = chosen["algorithm"].astype(str)
     out = records.merge(chosen, on=["algorithm", "run", "step"], how="inner")
     return out.drop(columns=["time_s"]).reset_index(drop=True)
 
 
 def held_out_runs(records: pd.DataFrame, bound: float, iterate: str = "selected",
-                  split: str = "test") -> pd.DataFrame:
+                  split: str = "test", margin: float = 0.0) -> pd.DataFrame:
     """One row per (algorithm, run) on ``split`` at the ``iterate`` (``"selected"`` on
     validation by :func:`selected_steps`, or ``"last"``): loss, accuracy, the largest
     positive-rate gap on the probabilities (``max_g c_g + bound``, for one-vs-overall constraints
     ``|PR_g - PR|``) and on the decisions (from ``d[...]``), whether both are within ``bound``,
     the certificate's largest upper bound (``gap UCB``) and whether it is within ``bound``, and
-    the training time of the run (seconds, at its last evaluation)."""
+    the training time of the run (seconds, at its last evaluation). ``margin``: the selection
+    rule's (:func:`selected_steps`), for ``iterate="selected"``."""
     if iterate not in ("last", "selected"):
         raise ValueError(f"iterate must be 'last' or 'selected', got {iterate!r}")
-    chosen = final_values(records) if iterate == "last" else selected_values(records)
+    chosen = final_values(records) if iterate == "last" else selected_values(records, margin=margin)
     mine = chosen[chosen["split"] == split]
     if mine.empty:
         raise ValueError(f"no evaluations on the split {split!r}; recorded: {sorted(set(records['split']))}")
@@ -195,11 +205,11 @@ def held_out_runs(records: pd.DataFrame, bound: float, iterate: str = "selected"
 
 
 def held_out_table(records: pd.DataFrame, bound: float, iterate: str = "selected",
-                   split: str = "test") -> pd.DataFrame:
+                   split: str = "test", margin: float = 0.0) -> pd.DataFrame:
     """One row per algorithm from :func:`held_out_runs`: the mean over runs of the loss, accuracy,
     both gaps, the certificate's upper bound and the training time, the share of runs with both
     gaps within ``bound`` and the share certified within it, and the number of runs."""
-    runs = held_out_runs(records, bound, iterate, split)
+    runs = held_out_runs(records, bound, iterate, split, margin)
     grouped = runs.groupby(level="algorithm", observed=True)
     table = grouped[["loss", "accuracy", "probability gap", "decision gap", "gap UCB"]].mean()
     table["share within bound"] = grouped["both within bound"].mean()

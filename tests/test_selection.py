@@ -59,3 +59,24 @@ def test_selected_values_feed_the_tables():
         per_run_table(records(), iterate="best")
     with pytest.raises(ValueError, match="validation_size"):
         selected_steps(records()[records()["split"] != "validation"])
+
+
+def test_margin_asks_for_room_inside_the_bound():
+    # run 0 on validation: step 10 has largest c = -0.01, step 30 has -0.001 (lower loss). With a
+    # margin of 0.005 only step 10 holds with room to spare; with 0.02 none does, and the rule
+    # falls back to the smallest largest constraint value (step 10 again, -0.01)
+    assert selected_steps(records()).loc[("M", 0), "step"] == 30
+    with_margin = selected_steps(records(), margin=0.005)
+    assert with_margin.loc[("M", 0), "step"] == 10 and bool(with_margin.loc[("M", 0), "feasible"])
+    too_much = selected_steps(records(), margin=0.02)
+    assert too_much.loc[("M", 0), "step"] == 10 and not bool(too_much.loc[("M", 0), "feasible"])
+    values = selected_values(records(), margin=0.005)
+    assert set(values[values["run"] == 0]["step"]) == {10}
+    for bad in (-0.01, float("nan"), "0.01"):
+        with pytest.raises(ValueError, match="margin"):
+            selected_steps(records(), margin=bad)
+    # the tables pass the margin on to the rule
+    from hctrain.summary import held_out_runs, held_out_table
+    assert held_out_runs(records(), 0.05).loc[("M", 0), "loss"] == pytest.approx(0.5)  # step 30
+    assert held_out_runs(records(), 0.05, margin=0.005).loc[("M", 0), "loss"] == pytest.approx(0.6)  # step 10
+    assert held_out_table(records()[records()["run"] == 0], 0.05, margin=0.005).loc["M", "loss"] == pytest.approx(0.6)
