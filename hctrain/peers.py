@@ -246,7 +246,8 @@ def fairlearn_reduction(task, estimator, *, name: str | None = None, bound: floa
     _require("fairlearn")
     from fairlearn.reductions import DemographicParity, ExponentiatedGradient
 
-    bound = task.bound if bound is None else check_number("bound", bound, low=0.0)
+    # trained as the torch methods are: at the task's training bound (bound - training_margin)
+    bound = getattr(task, "training_bound", task.bound) if bound is None else check_number("bound", bound, low=0.0)
     name = name or f"fairlearn EG ({type(estimator).__name__})"
     train = task.split("train")
 

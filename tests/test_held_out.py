@@ -159,3 +159,21 @@ def test_hct_pbm_anneals_per_pass_over_the_data():
     pbm = peers.build("HCT PBM", problem)
     assert pbm.dual.epoch_length == problem.epoch_length
     assert peers.build("HCT PBM", problem, epoch_length=7).dual.epoch_length == 7
+
+
+def test_training_margin_trains_inside_and_reports_against_the_bound():
+    data = tiny_data()
+    plain = FairnessTask(data, bound=0.1, batch_per_group=4)
+    inside = FairnessTask(data, bound=0.1, batch_per_group=4, training_margin=0.03)
+    assert inside.bound == 0.1 and inside.training_bound == pytest.approx(0.07) and plain.training_bound == 0.1
+    torch.manual_seed(0)
+    model = inside.model_fn(data.n_features)
+    batch = inside.problem(0).sample_objective()
+    logits = model(batch.x).squeeze(-1)
+    # the algorithms see every constraint 0.03 tighter
+    assert torch.allclose(inside.constraint_values(logits, batch), plain.constraint_values(logits, batch) + 0.03)
+    # the evaluations are the same as without the margin: gaps minus the bound itself
+    assert inside.evaluate(model) == pytest.approx(plain.evaluate(model))
+    for bad in (-0.01, 0.1, 0.2, float("nan")):
+        with pytest.raises(ValueError, match="training_margin"):
+            FairnessTask(data, bound=0.1, batch_per_group=4, training_margin=bad)
