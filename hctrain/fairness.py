@@ -43,7 +43,18 @@ from .checks import check_number
 
 ConstraintKind = Literal["one_vs_overall", "pairwise", "signed_one_vs_overall"]
 KINDS: tuple[str, ...] = ("one_vs_overall", "pairwise", "signed_one_vs_overall")
-AGAINST_OVERALL: tuple[str, ...] = ("one_vs_overall", "signed_one_vs_overall")
+_EXACT_COUNT_DTYPES = (torch.float32, torch.float64)  # a sum of ones counts exactly to 2^24 (2^53)
+
+
+def _cached(store: dict, key, make):
+    """``store[key]``, made by ``make()`` on first use; a store that reaches 64 entries starts
+    afresh (the keys are batch sizes and the like: few, but not to grow without bound)."""
+    value = store.get(key)
+    if value is None:
+        if len(store) >= 64:
+            store.clear()
+        value = store[key] = make()
+    return value
 
 
 class GroupFairnessConstraints:
@@ -138,10 +149,15 @@ class GroupFairnessConstraints:
         raise ValueError("sens must be integer group codes (N,) or a membership matrix (N, G); "
                          f"got shape {tuple(sens.shape)} and dtype {sens.dtype}")
 
-    def _group_sizes(self, sens: Tensor) -> Tensor:
-        """sum_i sens_ig (no gradient through integer codes)."""
+    def _group_sizes(self, sens: Tensor, like: Tensor | None = None) -> Tensor:
+        """sum_i sens_ig (no gradient through integer codes). With ``like`` (float32 or float64)
+        and integer codes: the counts as a float sum of ones in ``like``'s dtype, the same values
+        as the integer counts (exact below 2^24), without bincount's pass for its range and the
+        int-to-float conversion that dividing by them costs."""
         if sens.dim() == 2:
             return sens.sum(0)
+        if like is not None and like.dtype in _EXACT_COUNT_DTYPES:
+            return like.new_zeros(self.n_groups).index_add_(0, sens, self._ones(like))
         if sens.is_cpu:
             return torch.bincount(sens, minlength=self.n_groups)
         # bincount would wait for the device to learn the largest code; counting stays on it
@@ -151,22 +167,12 @@ class GroupFairnessConstraints:
     def _row_count(self, probs: Tensor) -> Tensor:
         """N as a 0-dim int64 tensor (the value ``x / N`` would wrap; cached by N)."""
         n = probs.shape[0]
-        count = self._row_counts.get(n)
-        if count is None:
-            if len(self._row_counts) >= 64:  # batch sizes are few; do not grow without bound
-                self._row_counts.clear()
-            count = self._row_counts[n] = torch.tensor(n)
-        return count
+        return _cached(self._row_counts, n, lambda: torch.tensor(n))
 
     def _ones(self, probs: Tensor) -> Tensor:
         """N ones of the probabilities' dtype and device (cached by N, dtype and device)."""
         key = (probs.shape[0], probs.dtype, probs.device)
-        ones = self._row_ones.get(key)
-        if ones is None:
-            if len(self._row_ones) >= 64:  # batch sizes are few; do not grow without bound
-                self._row_ones.clear()
-            ones = self._row_ones[key] = torch.ones(key[0], dtype=probs.dtype, device=probs.device)
-        return ones
+        return _cached(self._row_ones, key, lambda: torch.ones(key[0], dtype=probs.dtype, device=probs.device))
 
     def shares_like(self, x: Tensor) -> Tensor:
         """pi as a tensor of x's dtype and device (cached)."""
@@ -183,14 +189,14 @@ class GroupFairnessConstraints:
         if self.population_shares is not None:
             num, denom = self._terms(probs, stat_args)
             sums = self._group_sums(torch.stack((num, denom), dim=1), sens)
-            sizes = self._group_sizes(sens).to(sums.dtype)
+            sizes = self._group_sizes(sens, probs).to(sums.dtype)
             shares = self.shares_like(sums)
             means = sums / sizes.unsqueeze(1)
             return sums[:, 0] / sums[:, 1], (shares * means[:, 0]).sum() / (shares * means[:, 1]).sum()
         if type(self.statistic) is PositiveRate and not stat_args and probs.dim() == 1:
             # canonical form (0 + 1 p) / (1 + 0 p): group means of p, overall mean of p (as
             # sum / N, which is what the general path computes and a little cheaper than mean)
-            return self._group_sums(probs, sens) / self._group_sizes(sens), probs.sum() / self._row_count(probs)
+            return self._group_sums(probs, sens) / self._group_sizes(sens, probs), probs.sum() / self._row_count(probs)
         num, denom = self._terms(probs, stat_args)
         per_group = self._group_sums(torch.stack((num, denom), dim=1), sens)
         return per_group[:, 0] / per_group[:, 1], num.sum() / denom.sum()
@@ -311,7 +317,6 @@ class StackedFairnessConstraints:
 
 
 _SIGMOID_BACKWARD = torch.ops.aten.sigmoid_backward.default  # autograd's own sigmoid backward
-_EXACT_COUNT_DTYPES = (torch.float32, torch.float64)  # a sum of ones counts exactly to 2^24 (2^53)
 
 
 class _PositiveRateConstraints(torch.autograd.Function):
@@ -338,14 +343,9 @@ class _PositiveRateConstraints(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, sens: Tensor, owner: GroupFairnessConstraints, from_logits: bool) -> Tensor:
         probs = torch.sigmoid(x) if from_logits else x
-        G = len(owner.group_names)
+        G = owner.n_groups
         sums = owner._group_sums(probs, sens)  # first: it names bad group codes
-        if probs.dtype in _EXACT_COUNT_DTYPES:
-            # the group sizes as a float sum of ones: the same values as the integer counts
-            # (exact below 2^24), no int-to-float conversion and no bincount's pass for its range
-            sizes = probs.new_zeros(G).index_add_(0, sens, owner._ones(probs))
-        else:
-            sizes = owner._group_sizes(sens)
+        sizes = owner._group_sizes(sens, probs)
         stats = sums.div_(sizes)
         kind = owner.kind
         keep = probs if from_logits else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from hctrain.summary import per_run_table, selected_steps, selected_values
+from hctrain.summary import held_out_runs, held_out_table, per_run_table, selected_steps, selected_values
 from hctrain.runner import COLUMNS
 
 
@@ -76,7 +76,6 @@ def test_margin_asks_for_room_inside_the_bound():
         with pytest.raises(ValueError, match="margin"):
             selected_steps(records(), margin=bad)
     # the tables pass the margin on to the rule
-    from hctrain.summary import held_out_runs, held_out_table
     assert held_out_runs(records(), 0.05).loc[("M", 0), "loss"] == pytest.approx(0.5)  # step 30
     assert held_out_runs(records(), 0.05, margin=0.005).loc[("M", 0), "loss"] == pytest.approx(0.6)  # step 10
     assert held_out_table(records()[records()["run"] == 0], 0.05, margin=0.005).loc["M", "loss"] == pytest.approx(0.6)
