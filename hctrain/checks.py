@@ -186,6 +186,12 @@ def _positive_list(name: str, value: Any) -> Any:
     return [check_number(f"{name}[{i}]", v, low=0.0, low_open=True) for i, v in enumerate(value)]
 
 
+def _margins(name: str, value: Any) -> Any:
+    if not (isinstance(value, (list, tuple)) and value):
+        raise ValueError(f"{name} must be a non-empty list of numbers >= 0, got {_shown(value)}")
+    return [check_number(f"{name}[{i}]", v, low=0.0) for i, v in enumerate(value)]
+
+
 def _counts(name: str, value: Any) -> Any:
     if not (isinstance(value, (list, tuple)) and value):
         raise ValueError(f"{name} must be a non-empty list of integers, got {_shown(value)}")
@@ -228,6 +234,11 @@ CHAPTER_PARAMETERS = {
     "alpha": lambda n, v: check_number(n, v, low=0.0, high=1.0, low_open=True, high_open=True, fix="; e.g. 0.05"),
     "peers": _names, "n_fairlearn_runs": _count, "evals_per_run": _count, "ablation_methods": _names,
     "constraint": lambda n, v: check_choice(n, v, ("one_vs_overall", "signed_one_vs_overall", "pairwise")),
+    # chapter 11: the margin below the bound, fixed or chosen on training rows carved as a test set
+    "margin": lambda n, v: None if v is None else check_number(n, v, low=0.0, fix="; or None to calibrate it"),
+    "calibration_margins": _margins, "calibration_methods": _names,
+    "calibration_share": lambda n, v: check_number(n, v, low=0.0, high=1.0, low_open=True, high_open=True,
+                                                   fix="; e.g. 0.2"),
 }
 """How a chapter's protocol parameters are checked, by name (each chapter's algorithm
 hyperparameters are checked by the algorithm itself, before its first run)."""

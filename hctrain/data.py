@@ -160,6 +160,25 @@ def _check_finite(frame: pd.DataFrame, columns: list[str], where: str, drop: boo
     return frame[~rows].reset_index(drop=True)
 
 
+def held_out_rows(group: torch.Tensor, group_names: Sequence[str], share: float, seed: int,
+                  name: str) -> torch.Tensor:
+    """A boolean mask over the rows: ``share`` of each group's rows (at least one), drawn with
+    ``seed``, group by group in code order. ``name`` is the caller's parameter, for the error
+    raised when the share would leave a group with no row."""
+    generator = torch.Generator().manual_seed(seed)
+    held = []
+    for g, group_name in enumerate(group_names):
+        members = torch.nonzero(group == g).reshape(-1)
+        count = max(1, round(share * members.numel()))
+        if count >= members.numel():
+            raise ValueError(f"{name}={share} leaves no training row of group {group_name!r} "
+                             f"({members.numel()} rows): lower it")
+        held.append(members[torch.randperm(members.numel(), generator=generator)[:count]])
+    mask = torch.zeros(group.shape[0], dtype=torch.bool)
+    mask[torch.cat(held)] = True
+    return mask
+
+
 @dataclass
 class FairnessData:
     """A binary classification data set with a protected group attribute, split and standardized.
@@ -207,6 +226,20 @@ class FairnessData:
             self, X_train=joined(self.X_train, self.group_train), X_test=joined(self.X_test, self.group_test),
             feature_names=[*self.feature_names, *(f"{self.protected}={name}" for name in self.group_names)],
             name=f"{self.name} (group among the inputs)")
+
+    def with_test_from_train(self, share: float = 0.2, seed: int = 0) -> "FairnessData":
+        """A copy for choosing a protocol without the test set: ``share`` of each group's
+        training rows (drawn with ``seed``) become its test rows, the rest its training rows, and
+        the real test rows are dropped. Whatever is tuned on it (a margin, a step size) never
+        read the test rows, so the real test set still measures new data. The scaler is the
+        original one, fit on all the training rows, the carved ones included."""
+        import dataclasses
+        share = check_number("share", share, low=0.0, high=1.0, low_open=True, high_open=True, fix="; e.g. 0.2")
+        held = held_out_rows(self.group_train, self.group_names, share, check_seed("seed", seed), "share")
+        return dataclasses.replace(
+            self, X_train=self.X_train[~held], y_train=self.y_train[~held], group_train=self.group_train[~held],
+            X_test=self.X_train[held], y_test=self.y_train[held], group_test=self.group_train[held],
+            name=f"{self.name} (test rows carved from the training rows)")
 
     def group_table(self) -> pd.DataFrame:
         """One row per group (index: group code): name, train/test counts, share of the training

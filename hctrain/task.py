@@ -16,7 +16,7 @@ from fairret.statistic import LinearFractionalStatistic, PositiveRate
 from torch import Tensor, nn
 
 from .checks import check_integer, check_number, check_seed
-from .data import BalancedGroupSampler, FairnessData
+from .data import BalancedGroupSampler, FairnessData, held_out_rows
 from .fairness import (ConstraintKind, GroupFairnessConstraints, StackedFairnessConstraints, needs_labels,
                        statistic_name)
 from .models import paper_mlp
@@ -438,17 +438,7 @@ def _splits(data: FairnessData, validation_size: float, seed: int) -> dict[str, 
     """train (and validation: a share of each group's training rows, drawn with ``seed``) and test."""
     rows = {"train": Batch(data.X_train, data.y_train, data.group_train)}
     if validation_size > 0:
-        generator = torch.Generator().manual_seed(seed)
-        held = []
-        for g in range(data.n_groups):
-            members = torch.nonzero(data.group_train == g).reshape(-1)
-            count = max(1, round(validation_size * members.numel()))
-            if count >= members.numel():
-                raise ValueError(f"validation_size={validation_size} leaves no training row of group "
-                                 f"{data.group_names[g]!r} ({members.numel()} rows): lower it")
-            held.append(members[torch.randperm(members.numel(), generator=generator)[:count]])
-        is_held = torch.zeros(data.y_train.shape[0], dtype=torch.bool)
-        is_held[torch.cat(held)] = True
+        is_held = held_out_rows(data.group_train, data.group_names, validation_size, seed, "validation_size")
         keep = ~is_held
         rows = {"train": Batch(data.X_train[keep], data.y_train[keep], data.group_train[keep]),
                 "validation": Batch(data.X_train[is_held], data.y_train[is_held], data.group_train[is_held])}

@@ -78,6 +78,28 @@ def test_group_among_the_inputs():
     assert torch.equal(joined.y_train, data.y_train) and data.n_features == 3  # the original is unchanged
 
 
+def test_test_rows_carved_from_the_training_rows():
+    data = tiny_data(n_per_group=60)
+    carved = data.with_test_from_train(share=0.25, seed=3)
+    # a quarter of each group's training rows, and none of the real test rows
+    n_train = torch.bincount(data.group_train, minlength=3)
+    assert torch.equal(torch.bincount(carved.group_test, minlength=3), torch.round(0.25 * n_train).long())
+    assert carved.X_train.shape[0] + carved.X_test.shape[0] == data.X_train.shape[0]
+    rows = {tuple(r) for r in data.X_train.tolist()}
+    assert all(tuple(r) in rows for r in carved.X_test.tolist())
+    assert not {tuple(r) for r in carved.X_test.tolist()} & {tuple(r) for r in carved.X_train.tolist()}
+    # the same draw as a task's validation split with the same share and seed
+    task = FairnessTask(data, validation_size=0.25, validation_seed=3)
+    assert torch.equal(task.split("validation").x, carved.X_test)
+    assert torch.equal(data.with_test_from_train(0.25, seed=3).X_test, carved.X_test)
+    assert not torch.equal(data.with_test_from_train(0.25, seed=4).X_test, carved.X_test)
+    for bad in (0.0, 1.0, float("nan"), "0.2"):
+        with pytest.raises((ValueError, TypeError), match="share"):
+            data.with_test_from_train(share=bad)
+    with pytest.raises(ValueError, match="share=0.99 leaves no training row"):
+        tiny_data(n_per_group=10).with_test_from_train(share=0.99)
+
+
 def records_with_decisions() -> pd.DataFrame:
     rows = []
 
