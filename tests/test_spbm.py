@@ -441,58 +441,6 @@ def test_method_phi_prime_is_the_module_function_bit_for_bit(name, dtype):
     assert torch.equal(algo.penalty_barrier_derivative(t), PENALTY_BARRIER_FUNCTIONS[name][1](t))
 
 
-class NoisyLinearProblem:
-    """f(x) = 1/2 ||x - a - noise||^2, c(x) = W x - e + noise, all in ``dtype``: m constraints
-    whose values cross zero, so every branch of phi' and every clamp is visited."""
-
-    shares_samples = True
-
-    def __init__(self, m: int, dtype: torch.dtype, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        self.m = m
-        self.x = torch.nn.Parameter(torch.randn(6, generator=g).to(dtype))
-        self.W = torch.randn(m, 6, generator=g).to(dtype)
-        self.e = (torch.randn(m, generator=g) * 2).to(dtype)
-        self.noise = torch.Generator().manual_seed(seed + 1)
-
-    def sample_objective(self):
-        return None
-
-    def objective_and_constraints(self, _batch):
-        eps = torch.randn(6 + self.m, generator=self.noise).to(self.x.dtype)
-        return 0.5 * (self.x - eps[:6]).pow(2).sum(), self.W @ self.x - self.e + eps[6:]
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("penalty", PENALTIES)
-@pytest.mark.parametrize("schedule,delta,psi_at", [("stabilised", 1.0, "c"), ("stabilised", 2.0, "c/p"),
-                                                   ("diminishing", 1.0, "c")])
-def test_host_vectors_give_the_torch_ops_bits(dtype, penalty, schedule, delta, psi_at):
-    """The m-vector arithmetic on numpy views (host_vectors, the CPU default) gives the torch ops'
-    duals, penalties, iterates and .grad exactly, step after step (m = 37: short and long
-    vector loops alike), with the clamps of lambda and p active."""
-    runs = []
-    for host_vectors in (True, False):
-        problem = NoisyLinearProblem(37, dtype)
-        algo = SPBM([problem.x], m=37, lr=0.05, gamma=0.8, penalty=penalty, schedule=schedule, delta=delta,
-                    psi_at=psi_at, lambda_max=0.5, p_min=0.3)
-        algo.host_vectors = host_vectors
-        trace = []
-        for _ in range(60):
-            algo.step(problem)
-            trace.append([algo.dual.clone(), algo.penalty_parameters.clone(), problem.x.detach().clone(),
-                          problem.x.grad.clone()])
-        runs.append(trace)
-    for fast, plain in zip(*runs):
-        for a, b in zip(fast, plain):
-            assert a.dtype == b.dtype == dtype and torch.equal(a, b)
-    duals = torch.stack([step[0] for step in runs[0]])
-    assert (duals == 0.5).any() and (duals < 0.5).any()  # the upper clamp was reached, not everywhere
-    if schedule == "stabilised":
-        pens = torch.stack([step[1] for step in runs[0]])
-        assert (pens < 1.0).any() and (pens == 1.0).any()
-
-
 class TwoParameterProblem:
     """f(x, y) = 1/2 ||x - a||^2 + 1/2 ||y - b||^2 + noise, c = W [x; y] - e + noise; x and y may differ in dtype."""
 

@@ -30,7 +30,6 @@ from torch import Tensor
 
 from ..checks import check_number
 from ..problem import StochasticProblem, check_constraint_values, check_loss
-from .host_vectors import host, on_host
 
 ALGORITHM_STATE = "algorithm"
 
@@ -246,25 +245,16 @@ def check_finite(m: int | None, loss: Tensor | None = None, *constraints: Tensor
     not does :func:`check_values` look at the values, and raise naming them). A sum that
     overflows while every value is finite raises nothing, as :func:`check_values` would not.
     Cheaper than ``torch.isfinite(...).all()`` on every tensor, which on the CPU costs more than
-    the rest of a small step's bookkeeping; float32 and float64 CPU tensors are summed through
-    numpy views (:mod:`hctrain.algorithms.host_vectors`), the rest by torch."""
-    total, on_cpu = None, 0.0  # float32/64 CPU values are summed by numpy (host_vectors: cheaper)
+    the rest of a small step's bookkeeping."""
+    total = None
     for c in constraints:
         if m is not None and (c.dim() != 1 or c.numel() != m):
             check_values(m, None, c)  # raises, naming the shape
-        if on_host(c):
-            on_cpu += float(host(c).sum())
-            continue
         s = c.detach().sum()
         total = s if total is None else total + s
     if loss is not None:
-        if on_host(loss):
-            on_cpu += float(loss.detach())
-        else:
-            total = loss.detach() if total is None else total + loss.detach()
-    if total is not None:
-        on_cpu += float(total)
-    if not math.isfinite(on_cpu):
+        total = loss.detach() if total is None else total + loss.detach()
+    if total is not None and not math.isfinite(float(total)):
         for c in constraints:
             check_values(m, None, c)
         check_values(m, loss)

@@ -142,7 +142,6 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.optim import optimizer as _torch_optimizer
@@ -151,7 +150,6 @@ from ..problem import StochasticProblem
 from .base import (ConstrainedOptimizer, check_interval, check_nonnegative, check_positive,
                    check_values, resolve_m)
 from .flat_adam import FlatAdamGroup
-from .host_vectors import host, on_host
 
 # --- penalty-barrier functions, vectorised over the m-vector ---------------------------------
 
@@ -194,29 +192,6 @@ def quadratic_reciprocal_derivative(t: Tensor) -> Tensor:
     return torch.maximum(t + 1.0, left.mul_(left).reciprocal_().mul_(32.0 / 27.0))
 
 
-def _host_quadratic_logarithmic_derivative(t: np.ndarray) -> np.ndarray:
-    """:func:`quadratic_logarithmic_derivative` on a numpy array: the same IEEE operations in the
-    same order, so the same bits (``tests/test_spbm.py``)."""
-    f = t.dtype.type
-    barrier = np.minimum(t, f(_LOG_JOINT))
-    np.divide(f(-0.25), barrier, out=barrier)
-    return np.maximum(t + f(1.0), barrier, out=barrier)
-
-
-def _host_quadratic_reciprocal_derivative(t: np.ndarray) -> np.ndarray:
-    """:func:`quadratic_reciprocal_derivative` on a numpy array (the same bits)."""
-    f = t.dtype.type
-    left = f(1.0) - np.minimum(t, f(_REC_JOINT))
-    np.multiply(left, left, out=left)
-    np.divide(f(1.0), left, out=left)
-    np.multiply(left, f(32.0 / 27.0), out=left)
-    return np.maximum(t + f(1.0), left, out=left)
-
-
-_HOST_DERIVATIVES = {"quadratic_logarithmic": _host_quadratic_logarithmic_derivative,
-                     "quadratic_reciprocal": _host_quadratic_reciprocal_derivative}
-
-
 PENALTY_BARRIER_FUNCTIONS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
     "quadratic_logarithmic": (quadratic_logarithmic, quadratic_logarithmic_derivative),
     "quadratic_reciprocal": (quadratic_reciprocal, quadratic_reciprocal_derivative),
@@ -242,11 +217,6 @@ class SPBM(ConstrainedOptimizer):
     accumulate into a ``.grad`` of torch's: clone it to keep it).
     ``step(loss=f, constraints=c)`` runs the same update on values computed in the caller's loop.
     """
-
-    host_vectors = True
-    """Do the m-vector arithmetic (phi', duals, penalties) with numpy when lambda and p are float32
-    or float64 CPU tensors (:mod:`hctrain.algorithms.host_vectors`; the same bits, fewer
-    microseconds). False keeps every operation in torch."""
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict], m: int | None = None, lr: float = 0.01, mu: float = 1.0,
                  anchor_beta: float = 0.5, gamma: float = 0.9, K: float = 0.9, delta: float = 1.0,
@@ -397,8 +367,6 @@ class SPBM(ConstrainedOptimizer):
         microseconds on the CPU) and the clamp bounds as Python scalars (the opposite holds for
         clamp: tensor bounds make it a three-input op, 3-5x slower on long vectors).
         """
-        if isinstance(t, np.ndarray):  # a numpy view (host_vectors): the same operations
-            return _HOST_DERIVATIVES[self.param_groups[0]["penalty"]](t)
         const = self._const
         if self.param_groups[0]["penalty"] == "quadratic_logarithmic":
             barrier = torch.clamp(t, max=_LOG_JOINT)
@@ -451,37 +419,19 @@ class SPBM(ConstrainedOptimizer):
         K = 1.0 if hp["K"] == 1.0 else 1.0 - 1.0 / (root + 1.0 / (1.0 - hp["K"]))
         return {**hp, "gamma": 1.0 - 1.0 / (root + 1.0 / (1.0 - hp["gamma"])), "K": K}
 
-    def _update_duals(self, lam: Tensor | np.ndarray, t: Tensor | np.ndarray, dphi: Tensor | np.ndarray,
-                      hp: dict) -> None:
-        """lambda <- clip(gamma lambda + (1 - gamma) lambda phi'(t), lambda_min, lambda_max), in place
-        (on a tensor, or on a numpy view of one: the same operations)."""
-        gamma = hp["gamma"]
-        if isinstance(lam, np.ndarray):
-            f = lam.dtype.type
-            np.multiply(lam, dphi * f(1.0 - gamma) + f(gamma), out=lam)
-            np.clip(lam, f(hp["lambda_min"]), f(hp["lambda_max"]), out=lam)
-            return
-        const = self._const
+    def _update_duals(self, lam: Tensor, t: Tensor, dphi: Tensor, hp: dict) -> None:
+        """lambda <- clip(gamma lambda + (1 - gamma) lambda phi'(t), lambda_min, lambda_max)."""
+        gamma, const = hp["gamma"], self._const
         lam.mul_(dphi.mul(const(1.0 - gamma, lam)).add_(const(gamma, lam)))
         lam.clamp_(hp["lambda_min"], hp["lambda_max"])  # Python bounds: see penalty_barrier_derivative
 
-    def _update_penalties(self, pen: Tensor | np.ndarray, dphi: Tensor | np.ndarray, hp: dict) -> None:
-        """p <- clip(K p) or clip(K p + (1 - K) p / psi), psi = phi'(t) (times delta where phi'(t) >= 1),
-        in place (a tensor or a numpy view of one)."""
-        K, delta = hp["K"], hp["delta"]
-        if isinstance(pen, np.ndarray):
-            f = pen.dtype.type
-            if hp["schedule"] == "diminishing":
-                np.multiply(pen, f(K), out=pen)
-            else:
-                psi = dphi if delta == 1.0 else np.where(dphi < 1.0, dphi, dphi * f(delta))
-                np.add(pen * f(K), (f(1.0 - K) * pen) / psi, out=pen)  # addcdiv's order: (v t1) / t2
-            np.clip(pen, f(hp["p_min"]), f(hp["p_max"]), out=pen)
-            return
-        const = self._const
+    def _update_penalties(self, pen: Tensor, dphi: Tensor, hp: dict) -> None:
+        """p <- clip(K p) or clip(K p + (1 - K) p / psi), psi = phi'(t) (times delta where phi'(t) >= 1)."""
+        K, const = hp["K"], self._const
         if hp["schedule"] == "diminishing":
             pen.mul_(const(K, pen))
         else:
+            delta = hp["delta"]
             psi = dphi if delta == 1.0 else torch.where(dphi < 1.0, dphi, dphi * const(delta, dphi))
             torch.addcdiv(pen * const(K, pen), pen, psi, value=1.0 - K, out=pen)
         pen.clamp_(hp["p_min"], hp["p_max"])
@@ -626,27 +576,19 @@ class SPBM(ConstrainedOptimizer):
         c_d = c.detach()
         # One host sync instead of two: f + sum(c) is finite whenever f and c are (a false alarm, a
         # sum that overflows, falls through check_values, which then raises nothing).
+        if not math.isfinite(float(c_d.sum() + loss.detach())):
+            check_values(self.m, loss, c)
         state = self.algorithm_state
         if state["dual"].device != c.device:  # e.g. a CPU checkpoint resumed on a GPU
             state["dual"], state["penalty"] = state["dual"].to(c.device), state["penalty"].to(c.device)
         lam, pen = state["dual"], state["penalty"]
         hp = self.param_groups[0]
-        on_the_host = self.host_vectors and on_host(lam)
 
         with torch.no_grad():
             c_l = c_d if c_d.dtype == lam.dtype else c_d.to(lam.dtype)
-            if on_the_host:  # the same operations on numpy views of the same memory (host_vectors)
-                c_l, lam, pen = host(c_l), host(lam), host(pen)
-                finite = math.isfinite(float(loss.detach()) + float(c_l.sum()))
-            else:
-                finite = math.isfinite(float(c_d.sum() + loss.detach()))
-            if not finite:
-                check_values(self.m, loss, c)
-            t = c_l / pen
+            t = c_l.div(pen)
             dphi = self.penalty_barrier_derivative(t)  # phi'(t_k), computed once per step
             weights = self._constraint_weights(lam, dphi)  # at c(x_k, zeta_k)
-            if on_the_host:
-                weights = torch.from_numpy(weights)
             if weights.dtype != c.dtype:
                 weights = weights.to(c.dtype)
 
