@@ -460,10 +460,16 @@ def test_load_state_dict_accepts_its_own_state() -> None:
 
 def test_chapter_parameters_are_checked() -> None:
     check_parameters(budget_s=3.0, n_runs=2, seed=0, eval_every_s=None, results_dir="../results",
-                     algorithms=["Adam"], quick=True)
+                     algorithms=["Adam"], quick=True, margin=None, calibration_margins=[0.0, 0.02],
+                     calibration_methods=["GDA"], calibration_share=0.2)
+    check_parameters(margin=0.02)
     for kwargs, message in [(dict(budget_s=-1), r"budget_s must be a finite number > 0, got -1.*-p budget_s"),
                             (dict(n_runs=0), "n_runs"), (dict(n_draws=2.5), "n_draws"),
-                            (dict(algorithms=[]), "algorithms"), (dict(state=None), "state")]:
+                            (dict(algorithms=[]), "algorithms"), (dict(state=None), "state"),
+                            (dict(margin=-0.01), r"margin must be a finite number >= 0.*or None to calibrate"),
+                            (dict(calibration_margins=[0.0, -0.02]), r"calibration_margins\[1\]"),
+                            (dict(calibration_margins="[0, 0.02]"), "non-empty list of numbers"),
+                            (dict(calibration_share=1.0), "calibration_share")]:
         with pytest.raises(ValueError, match=message):
             check_parameters(**kwargs)
     with pytest.raises(TypeError, match="knows no parameter 'lr'"):
