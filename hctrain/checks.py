@@ -180,22 +180,18 @@ def _names(name: str, value: Any) -> Any:
     return list(value)
 
 
-def _positive_list(name: str, value: Any) -> Any:
-    if not (isinstance(value, (list, tuple)) and value):
-        raise ValueError(f"{name} must be a non-empty list of positive numbers, got {_shown(value)}")
-    return [check_number(f"{name}[{i}]", v, low=0.0, low_open=True) for i, v in enumerate(value)]
+def _list_of(what: str, check: Any) -> Any:
+    """The rule for a non-empty list whose items each pass ``check(name[i], item)``."""
+    def rule(name: str, value: Any) -> Any:
+        if not (isinstance(value, (list, tuple)) and value):
+            raise ValueError(f"{name} must be a non-empty list of {what}, got {_shown(value)}")
+        return [check(f"{name}[{i}]", v) for i, v in enumerate(value)]
+    return rule
 
 
-def _margins(name: str, value: Any) -> Any:
-    if not (isinstance(value, (list, tuple)) and value):
-        raise ValueError(f"{name} must be a non-empty list of numbers >= 0, got {_shown(value)}")
-    return [check_number(f"{name}[{i}]", v, low=0.0) for i, v in enumerate(value)]
-
-
-def _counts(name: str, value: Any) -> Any:
-    if not (isinstance(value, (list, tuple)) and value):
-        raise ValueError(f"{name} must be a non-empty list of integers, got {_shown(value)}")
-    return [check_integer(f"{name}[{i}]", v, low=1) for i, v in enumerate(value)]
+_positive_list = _list_of("positive numbers", _positive)
+_margins = _list_of("numbers >= 0", lambda n, v: check_number(n, v, low=0.0))
+_counts = _list_of("integers", _count)
 
 
 CHAPTER_PARAMETERS = {
