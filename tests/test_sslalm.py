@@ -440,3 +440,37 @@ def test_wrong_number_of_constraints_in_problem():
     algo = SSLALM(params(), m=3)
     with pytest.raises(ValueError, match="m=3"):
         algo.step(Q.problem(seed=0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reset_host_branch_matches_masked_fill(dtype):
+    """The CPU host branch of the reset safeguard resets exactly when the tensor comparison
+    ||y|| >= M_y does (M_y rounded to y's dtype), and changes nothing else."""
+    from hctrain.algorithms.sslalm import _HOST_COMPARABLE
+    bound = 0.1  # not representable: float32 rounds it up, float64 keeps it
+    for y in ([0.06, 0.08], [0.0600000001, 0.08], [0.059999, 0.08], [3e38, 3e38]):
+        norm = torch.linalg.vector_norm(torch.tensor(y, dtype=dtype))
+        assert (float(norm) >= _HOST_COMPARABLE[dtype](bound)) == bool(norm >= bound), (y, dtype)
+    assert _HOST_COMPARABLE[torch.float32](1e300) == float("inf")
+
+
+def test_reset_host_branch_same_run_as_masked_path(monkeypatch):
+    """40 steps with resets: the CPU host branch and the device-side masked fill give the same
+    iterates, duals, slacks and reset counts bit for bit."""
+    import hctrain.algorithms.sslalm as sslalm
+    hyper = dict(mu=1.5, eta=0.2, dual_bound=1.0, beta=0.3)
+
+    def run():
+        problem = Q.problem(seed=5, batch_size=2, separate_constraint_sampler=True)
+        algo = SSLALM.from_problem(problem, **hyper)
+        for _ in range(40):
+            algo.step(problem)
+        return problem, algo
+
+    host_problem, host = run()
+    monkeypatch.setattr(sslalm, "_HOST_COMPARABLE", {})  # every dtype takes the masked path
+    masked_problem, masked = run()
+    assert int(host.algorithm_state["dual_resets"]) > 0
+    assert torch.equal(host_problem.params[0], masked_problem.params[0])
+    for key in ("dual", "slack", "slack_anchor", "dual_resets"):
+        assert torch.equal(host.algorithm_state[key], masked.algorithm_state[key]), key
