@@ -444,8 +444,8 @@ def test_wrong_number_of_constraints_in_problem():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_reset_host_branch_matches_masked_fill(dtype):
-    """The CPU host branch of the reset safeguard resets exactly when the tensor comparison
-    ||y|| >= M_y does (M_y rounded to y's dtype), and changes nothing else."""
+    """The CPU host branch of the reset safeguard decides as the tensor comparison ||y|| >= M_y
+    does (M_y rounded to y's dtype), also at the edges of float32 rounding and range."""
     from hctrain.algorithms.sslalm import _HOST_COMPARABLE
     bound = 0.1  # not representable: float32 rounds it up, float64 keeps it
     for y in ([0.06, 0.08], [0.0600000001, 0.08], [0.059999, 0.08], [3e38, 3e38]):

@@ -93,15 +93,17 @@ from .base import (ConstrainedOptimizer, check_interval, check_nonnegative, chec
                    check_finite, resolve_lr, resolve_m)
 
 DUAL_SAFEGUARDS = ("reset", "clip")
-# Python floats rounded as a comparison with a tensor of that dtype rounds them
+
+
 def _as_float32(value: float) -> float:
+    """``value`` rounded to float32, as comparing it with a float32 tensor rounds it."""
     try:
         return struct.unpack("f", struct.pack("f", value))[0]
     except OverflowError:  # beyond float32's range: the tensor comparison sees inf
         return math.copysign(math.inf, value)
 
 
-_HOST_COMPARABLE = {torch.float64: float, torch.float32: _as_float32}
+_HOST_COMPARABLE = {torch.float64: float, torch.float32: _as_float32}  # dtype -> that rounding
 
 
 def _check_common(m: int, rho: float, tau: float, eta: float, dual_bound: float,
@@ -242,10 +244,11 @@ class SSLALM(ConstrainedOptimizer):
             y.add_(c1.detach().to(y.dtype) + s, alpha=eta)
             if g0["dual_safeguard"] == "reset":
                 norm = torch.linalg.vector_norm(y)
-                if y.device.type == "cpu" and y.dtype in _HOST_COMPARABLE:
+                rounded = _HOST_COMPARABLE.get(y.dtype) if y.is_cpu else None
+                if rounded is not None:
                     # on the CPU a host branch costs less than the three masked ops; the test is
                     # the tensor comparison's (the bound rounded to y's dtype), so the same resets
-                    if float(norm) >= _HOST_COMPARABLE[y.dtype](bound):
+                    if float(norm) >= rounded(bound):
                         y.zero_()
                         state["dual_resets"].add_(1)
                 else:  # no host sync on an accelerator
