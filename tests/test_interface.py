@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from hctrain.algorithms import (GDA, SPBM, SSLALM, Adam, FairretRegularized, LinearizedALM,
                                 SwitchingSubgradient)
@@ -57,3 +58,71 @@ def test_one_backward_pass_per_step_whatever_m(cls, m):
     for _ in range(5):
         algo.step(problem)
     assert len(backwards) == 5, f"{cls.__name__}: {len(backwards)} backward passes in 5 steps (m={m})"
+
+
+STEPPED = CONSTRAINED + [StochasticGhost]
+
+
+def _quadratic_problem(m: int = 4):
+    generator = torch.Generator().manual_seed(m)
+    q = NoisyQuadratic(torch.zeros(3), torch.randn(m, 3, generator=generator), torch.ones(m), sigma=0.1)
+    return q.problem(seed=0, x0=torch.full((3,), 5.0))
+
+
+@pytest.mark.parametrize("cls", STEPPED, ids=[c.__name__ for c in STEPPED])
+def test_torch_step_hooks_run_once_per_step(cls):
+    problem = _quadratic_problem()
+    algo = cls.from_problem(problem)
+    calls = []
+    algo.register_step_pre_hook(lambda opt, args, kwargs: calls.append(("pre", opt, args[1:], kwargs)))
+    algo.register_step_post_hook(lambda opt, args, kwargs: calls.append(("post", opt.iteration)))
+    glob = register_optimizer_step_pre_hook(
+        lambda opt, a, k: calls.append(("global",)) if opt is algo else None)  # (SPBM's inner Adam: its own)
+    try:
+        algo.step(problem)
+        algo.step(problem)
+    finally:
+        glob.remove()
+    assert [c[0] for c in calls] == ["global", "pre", "post", "global", "pre", "post"]
+    assert calls[1][1] is algo and calls[1][2] == (problem,) and calls[1][3] == {"loss": None, "constraints": None}
+    assert calls[2][1] == 1 and calls[5][1] == 2  # the post hook sees the finished step
+    calls.clear()
+    algo.step(problem)  # the hooks removed (global) or still there (own)
+    assert [c[0] for c in calls] == ["pre", "post"]
+
+
+def test_a_pre_hook_may_replace_the_arguments():
+    problem = _quadratic_problem()
+    algo = GDA.from_problem(problem)
+    loss, c = problem.sample_objective_and_constraints()
+    # torch's contract: a pre hook returning (args, kwargs) changes the call; here from step(problem)
+    # to the values computed above
+    algo.register_step_pre_hook(lambda opt, args, kwargs: ((opt,), {"loss": loss, "constraints": c}))
+    algo.step(problem)
+    expected = (c.detach() * algo.param_groups[0]["eta"]).clamp(0.0, algo.param_groups[0]["dual_bound"])
+    assert torch.equal(algo.dual, expected)
+
+
+def test_hooks_of_a_subclass_with_its_own_step_run_once():
+    class Logged(GDA):
+        def step(self, problem=None, **kwargs):  # torch wraps this one; the base step inside must not
+            return super().step(problem, **kwargs)
+
+    problem = _quadratic_problem()
+    algo = Logged.from_problem(problem)
+    calls = []
+    algo.register_step_pre_hook(lambda *a: calls.append("pre"))
+    algo.register_step_post_hook(lambda *a: calls.append("post"))
+    algo.step(problem)
+    assert calls == ["pre", "post"]
+
+
+@pytest.mark.parametrize("cls", [GDA, SPBM], ids=["GDA", "SPBM"])
+def test_the_profiler_records_the_step_under_torchs_name(cls):
+    problem = _quadratic_problem()
+    algo = cls.from_problem(problem)
+    algo.step(problem)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        algo.step(problem)
+    names = [e.name for e in prof.events()]
+    assert names.count(f"Optimizer.step#{cls.__name__}.step") == 1
