@@ -231,6 +231,28 @@ def test_fused_constraints_without_gradient() -> None:
     assert c.shape == (2,) and c.grad_fn is None
 
 
+@pytest.mark.parametrize("kind", ["one_vs_overall", "pairwise", "signed_one_vs_overall"])
+@pytest.mark.parametrize("shares", [None, [0.2, 0.3, 0.1, 0.4]])
+def test_values_without_gradient_are_those_of_the_autograd_node(kind, shares) -> None:
+    """Without a gradient to track the fused forward runs as a plain function
+    (``_fused_constraints``): the same values bit for bit as through ``autograd.Function.apply``."""
+    from hctrain.fairness import _PositiveRateConstraints
+
+    torch.manual_seed(3)
+    constraints = GroupFairnessConstraints(list("abcd"), 0.05, kind, population_shares=shares)
+    sens = torch.cat([torch.arange(4), torch.randint(4, (60,))])
+    for dtype in (torch.float32, torch.float64):
+        logits = torch.randn(sens.shape[0], dtype=dtype)
+        node = _PositiveRateConstraints.apply(logits.clone().requires_grad_(), sens, constraints, True)
+        with torch.no_grad():
+            values = constraints.from_logits(logits.clone().requires_grad_(), sens)
+        plain = constraints.from_logits(logits, sens)  # grad enabled, logits without grad
+        probs = constraints(torch.sigmoid(logits), sens)
+        for c in (values, plain, probs):
+            assert c.grad_fn is None and not c.requires_grad
+            assert torch.equal(c, node.detach()), (kind, dtype)
+
+
 # --- population-weighted estimates on balanced batches (issue 10, item 1) ---------------------
 
 def _balanced_draws(group: torch.Tensor, per_group: int, n: int, seed: int = 0):
@@ -311,7 +333,7 @@ def test_signed_constraints_values_and_gradient(shares):
         overall = p.mean()
     expected = torch.cat((rates - overall, overall - rates)) - 0.05
     assert torch.allclose(c, expected, atol=1e-12)
-    assert float(c.max()) == pytest.approx(float(plain.from_logits(logits, group).max()), abs=1e-12)
+    assert float(c.detach().max()) == pytest.approx(float(plain.from_logits(logits, group).detach().max()), abs=1e-12)
     weights = torch.randn(6, dtype=torch.float64, generator=g)
     (mine,) = torch.autograd.grad(c, logits, weights)
     (reference,) = torch.autograd.grad(expected, logits, weights)

@@ -446,12 +446,12 @@ def test_wrong_number_of_constraints_in_problem():
 def test_reset_host_branch_matches_masked_fill(dtype):
     """The CPU host branch of the reset safeguard decides as the tensor comparison ||y|| >= M_y
     does (M_y rounded to y's dtype), also at the edges of float32 rounding and range."""
-    from hctrain.algorithms.sslalm import _HOST_COMPARABLE
+    from hctrain.algorithms.base import HOST_ROUNDING
     bound = 0.1  # not representable: float32 rounds it up, float64 keeps it
     for y in ([0.06, 0.08], [0.0600000001, 0.08], [0.059999, 0.08], [3e38, 3e38]):
         norm = torch.linalg.vector_norm(torch.tensor(y, dtype=dtype))
-        assert (float(norm) >= _HOST_COMPARABLE[dtype](bound)) == bool(norm >= bound), (y, dtype)
-    assert _HOST_COMPARABLE[torch.float32](1e300) == float("inf")
+        assert (float(norm) >= HOST_ROUNDING[dtype](bound)) == bool(norm >= bound), (y, dtype)
+    assert HOST_ROUNDING[torch.float32](1e300) == float("inf")
 
 
 def test_reset_host_branch_same_run_as_masked_path(monkeypatch):
@@ -468,7 +468,7 @@ def test_reset_host_branch_same_run_as_masked_path(monkeypatch):
         return problem, algo
 
     host_problem, host = run()
-    monkeypatch.setattr(sslalm, "_HOST_COMPARABLE", {})  # every dtype takes the masked path
+    monkeypatch.setattr(sslalm, "HOST_ROUNDING", {})  # every dtype takes the masked path
     masked_problem, masked = run()
     assert int(host.algorithm_state["dual_resets"]) > 0
     assert torch.equal(host_problem.params[0], masked_problem.params[0])

@@ -96,10 +96,21 @@ class FlippedConstraintStep(SwitchingSubgradient):
 
 
 class MeanConstraint(SwitchingSubgradient):
-    """Scalarises the m constraints by their mean instead of their max."""
+    """Scalarises the m constraints by their mean instead of their max, in the test and the step."""
 
     def scalarize(self, c):
         return c.mean()
+
+    def switching_value(self, cbar):
+        return cbar.mean()
+
+
+class MeanSwitchingTest(SwitchingSubgradient):
+    """The switching test reads the mean of the constraint estimates instead of their max (the
+    constraint step still descends the max)."""
+
+    def switching_value(self, cbar):
+        return cbar.mean()
 
 
 @pytest.mark.parametrize("mutant", [FlippedSwitch, FlippedConstraintStep, MeanConstraint])
@@ -484,3 +495,63 @@ def test_one_step_takes_the_right_rate_and_switches_on_the_max(cls):
         assert ok_constraint and ok_objective
     else:
         assert not (ok_constraint and ok_objective), f"{cls.__name__} was not caught"
+
+
+def test_host_switching_decision_is_the_tensor_comparisons(monkeypatch):
+    """The switching test read on the host (eps_k rounded to the estimate's dtype) takes the
+    same steps as the tensor comparison: the same iterates, counts and output bit for bit,
+    with tolerances that float32 does not represent (the "paper" schedule from eps = 0.1)."""
+    import hctrain.algorithms.switching as switching
+
+    def steps(dtype):
+        problem = Q.problem(seed=2, batch_size=BATCH)
+        if dtype == torch.float32:  # the same problem in float32: the point and both values
+            problem = StochasticProblem(
+                Point(torch.zeros(Q.n, dtype=dtype)), lambda out, b: Q.loss(out.double(), b).float(),
+                lambda out, b: Q.constraints(out.double(), b).float(), Q.m, problem.objective_sampler)
+        algo = SwitchingSubgradient.from_problem(problem, eta_f=ETA, eta_c=ETA, eps=0.1, schedule="sqrt")
+        flags = [bool(algo.step(problem)["objective_step"]) for _ in range(200)]
+        return flags, problem.params[0].detach().clone(), algo.output_parameters()[0]
+
+    for dtype in (torch.float32, torch.float64):
+        host = steps(dtype)
+        with monkeypatch.context() as patch:
+            patch.setattr(switching, "HOST_ROUNDING", {})  # the tensor comparison for every dtype
+            tensor = steps(dtype)
+        assert 0 < sum(host[0]) < len(host[0])  # both kinds of step taken
+        assert host[0] == tensor[0]
+        assert torch.equal(host[1], tensor[1]) and torch.equal(host[2], tensor[2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_host_rounding_of_the_tolerance(dtype):
+    from hctrain.algorithms.base import HOST_ROUNDING
+    algo = SwitchingSubgradient([torch.zeros(1, requires_grad=True)], m=1)
+    for value in (0.1, 0.1000000001, 0.0999999, 1e-46, 3e-39, 0.0, 1e300):
+        for eps in (0.1, 1e-46, 3e-39, 0.0, 1e-300):
+            t = torch.tensor(value, dtype=dtype)
+            assert (algo.is_objective_step(t.item(), HOST_ROUNDING[dtype](eps))
+                    == algo.is_objective_step(t, eps)), (value, eps, dtype)
+
+
+def _one_violated_problem() -> StochasticProblem:
+    """c = (x + 0.3, x - 1, x - 1) at x = 0: one constraint violated, two well satisfied (mean -0.57)."""
+    return StochasticProblem(Point(torch.zeros(1, dtype=torch.float64)), lambda out, b: (out ** 2).sum(),
+                             lambda out, b: out.sum() + torch.tensor([0.3, -1.0, -1.0], dtype=torch.float64),
+                             3, Q.problem(seed=0).objective_sampler)
+
+
+def check_constraint_step_on_the_violated_constraint(cls) -> None:
+    problem = _one_violated_problem()
+    algo = cls.from_problem(problem, eps=0.0, schedule="constant")
+    info = algo.step(problem)
+    assert not bool(info["objective_step"]), "an objective step while a constraint is violated"
+    assert float(info["max_constraint"]) == pytest.approx(0.3)
+    # x moves down along the gradient of the violated constraint only
+    assert float(problem.params[0].detach()) == pytest.approx(-algo.param_groups[0]["eta_c"])
+
+
+def test_switching_test_reads_the_largest_constraint():
+    check_constraint_step_on_the_violated_constraint(SwitchingSubgradient)
+    with pytest.raises(AssertionError, match="objective step"):
+        check_constraint_step_on_the_violated_constraint(MeanSwitchingTest)

@@ -23,6 +23,7 @@ import inspect
 
 import copy
 import math
+import struct
 from typing import Any, Iterable
 
 import torch
@@ -33,6 +34,19 @@ from ..checks import check_number
 from ..problem import StochasticProblem, check_constraint_values, check_loss
 
 ALGORITHM_STATE = "algorithm"
+
+
+def _as_float32(value: float) -> float:
+    """``value`` rounded to float32, as comparing it with a float32 tensor rounds it."""
+    try:
+        return struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:  # beyond float32's range: the tensor comparison sees inf
+        return math.copysign(math.inf, value)
+
+
+HOST_ROUNDING = {torch.float64: float, torch.float32: _as_float32}
+"""dtype -> the rounding of a Python float that comparing it with a tensor of that dtype applies
+(a decision taken on the host from ``tensor.item()`` is then the tensor comparison's)."""
 
 
 def resolve_m(name: str, m: Any, problem: Any) -> Any:

@@ -81,29 +81,16 @@ and reset counters in ``algorithm_state``; the weight anchor z^x in ``self.state
 """
 from __future__ import annotations
 
-import math
-import struct
 from typing import Any, Iterable
 
 import torch
 from torch import Tensor
 
 from ..problem import StochasticProblem
-from .base import (ConstrainedOptimizer, check_interval, check_nonnegative, check_positive,
-                   check_finite, resolve_lr, resolve_m)
+from .base import (HOST_ROUNDING, ConstrainedOptimizer, check_interval, check_nonnegative,
+                   check_positive, check_finite, resolve_lr, resolve_m)
 
 DUAL_SAFEGUARDS = ("reset", "clip")
-
-
-def _as_float32(value: float) -> float:
-    """``value`` rounded to float32, as comparing it with a float32 tensor rounds it."""
-    try:
-        return struct.unpack("f", struct.pack("f", value))[0]
-    except OverflowError:  # beyond float32's range: the tensor comparison sees inf
-        return math.copysign(math.inf, value)
-
-
-_HOST_COMPARABLE = {torch.float64: float, torch.float32: _as_float32}  # dtype -> that rounding
 
 
 def _check_common(m: int, rho: float, tau: float, eta: float, dual_bound: float,
@@ -244,7 +231,7 @@ class SSLALM(ConstrainedOptimizer):
             y.add_(c1.detach().to(y.dtype) + s, alpha=eta)
             if g0["dual_safeguard"] == "reset":
                 norm = torch.linalg.vector_norm(y)
-                rounded = _HOST_COMPARABLE.get(y.dtype) if y.is_cpu else None
+                rounded = HOST_ROUNDING.get(y.dtype) if y.is_cpu else None
                 if rounded is not None:
                     # on the CPU a host branch costs less than the three masked ops; the test is
                     # the tensor comparison's (the bound rounded to y's dtype), so the same resets

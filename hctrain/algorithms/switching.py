@@ -75,7 +75,7 @@ import torch
 from torch import Tensor
 
 from ..problem import Batch, StochasticProblem
-from .base import (ConstrainedOptimizer, check_finite, check_nonnegative, check_positive, check_values,
+from .base import (HOST_ROUNDING, ConstrainedOptimizer, check_finite, check_nonnegative, check_positive, check_values,
                    resolve_lr, resolve_m)
 
 SCHEDULES = ("paper", "constant", "sqrt")
@@ -271,9 +271,19 @@ class SwitchingSubgradient(ConstrainedOptimizer):
         cost of several more operations on the m-vector, for the same value."""
         return c.max(0).values if c.dim() == 1 else c.max()
 
-    def is_objective_step(self, switch_value: Tensor, eps_k: float) -> bool:
-        """The switching test: an objective step when max_i cbar_i <= eps_k."""
-        return bool(switch_value <= eps_k)
+    def switching_value(self, cbar: Tensor) -> Tensor:
+        """The switching test's statistic max_i cbar_i (a value only: ``amax``, which finds no
+        index, where :meth:`scalarize` must pick the constraint its gradient goes through)."""
+        return cbar.amax() if cbar.dim() == 1 else cbar.max()
+
+    def is_objective_step(self, switch_value: Tensor | float, eps_k: float) -> bool:
+        """The switching test: an objective step when max_i cbar_i <= eps_k. ``switch_value``
+        is the tensor or, as :meth:`step` passes it, its value read on the host; then eps_k is
+        rounded to the tensor's dtype first, as the tensor comparison rounds it, so the
+        decision is the same."""
+        if isinstance(switch_value, Tensor):
+            return bool(switch_value <= eps_k)
+        return switch_value <= eps_k
 
     def _step(self, problem: StochasticProblem) -> dict[str, Tensor]:
         state, hyper = self.algorithm_state, self.hyper
@@ -281,9 +291,16 @@ class SwitchingSubgradient(ConstrainedOptimizer):
         eps_k = state["eps"]
 
         cbar = self.switching_estimate(problem)
-        check_finite(self.m, None, cbar)
-        switch_value = self.scalarize(cbar)
-        objective_step = self.is_objective_step(switch_value, eps_k)
+        switch_value = self.switching_value(cbar)
+        # one op and two reads for the finiteness check and the test: the least and the largest
+        # value are finite only when every value is (NaN propagates through both)
+        low, high = torch.aminmax(cbar.detach())
+        if not (math.isfinite(low.item()) and math.isfinite(high.item())):
+            check_values(self.m, None, cbar)  # raises, naming the values
+        host = switch_value.item()
+        rounding = HOST_ROUNDING.get(switch_value.dtype)
+        objective_step = (self.is_objective_step(host, rounding(eps_k)) if rounding is not None
+                          else self.is_objective_step(switch_value, eps_k))
 
         params = self.params
         nan = self._nans.get(cbar.dtype)
