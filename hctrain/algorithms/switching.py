@@ -57,8 +57,10 @@ Choices made where the spec leaves one:
   algorithm's own ``torch.Generator`` seeded by ``seed``; its state lives in the algorithm state,
   so ``state_dict`` round-trips it. ``output_start`` = S makes only iterations k > S eligible
   (a burn-in; 0 = every objective step, as in the spec).
-* Host synchronisations per step: the switch (a Python branch), the finiteness checks of cbar
-  and of the step's f or c, and one uniform draw on eligible objective steps -- none per
+* Host synchronisations per step: the switch and the finiteness check of cbar (one ``aminmax``
+  and ``amax`` on cbar, read on the host: the test compares max_i cbar_i with eps_k rounded to
+  cbar's dtype, as the tensor comparison would, so the same steps are taken), the finiteness
+  check of the step's f or c, and one uniform draw on eligible objective steps -- none per
   constraint. The reservoir's weight eta^f_k is that of the first parameter group.
 
 Spec vs paper: the spec (docs algorithms.md) and section 2.3 of the paper agree on the update;
