@@ -592,3 +592,40 @@ def test_anchor_moves_towards_the_chosen_iterate(cls, anchor_at):
         assert all(holds)
     else:
         assert not all(holds), "the mutant was not caught"
+
+
+@pytest.mark.parametrize("anchor_at", ["x_k", "x_next"])
+@pytest.mark.parametrize("dtype_y,groups", [(torch.float64, False), (torch.float32, False), (torch.float64, True)])
+def test_fused_option_is_torchs_fused_adam(dtype_y, groups, anchor_at):
+    """fused=True: torch's fused Adam kernel on each group's flat vector, against the inner
+    torch.optim.Adam(fused=True) stepping the same G_k tensor by tensor (a hook sends every step
+    through it). Where a group's flat vector is its one tensor (two groups of one tensor each), or
+    the group is not flat (mixed dtypes: the inner fused Adam steps it), the numbers are the same
+    bit for bit; where the flat vector joins several tensors the kernel rounds the elements of a
+    full SIMD chunk (fused multiply-adds) and of the tail differently, so they agree to rounding.
+    Either way they are the single-tensor path's up to rounding only."""
+    hyper = dict(anchor_at=anchor_at, epoch_length=7, fused=True)
+    fast, tp_fast = _run_two_parameter(False, dtype_y, groups, **hyper)
+    slow, tp_slow = _run_two_parameter(True, dtype_y, groups, **hyper)
+    assert fast.inner_adam.param_groups[0]["fused"] and fast._fused_adam_ready() and not slow._fused_adam_ready()
+    flat = dtype_y == torch.float64
+    assert fast._all_flat() is flat
+    exact = groups or not flat
+    for p, q in zip(tp_fast.model.parameters(), tp_slow.model.parameters()):
+        assert p.dtype == q.dtype
+        if exact:
+            assert torch.equal(p, q) and torch.equal(p.grad, q.grad)
+            assert_same(fast.state[p], slow.state[q])
+        else:
+            assert torch.allclose(p, q, rtol=1e-12, atol=1e-12)
+    if exact:
+        for key in ("dual", "penalty", "anchor"):
+            assert_same(fast.algorithm_state[key], slow.algorithm_state[key])
+    single, tp_single = _run_two_parameter(False, dtype_y, groups, anchor_at=anchor_at, epoch_length=7)
+    for p, q in zip(tp_fast.model.parameters(), tp_single.model.parameters()):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_must_be_a_bool():
+    with pytest.raises(ValueError, match="fused must be True"):
+        SPBM([torch.zeros(2, requires_grad=True)], m=1, fused="yes")
