@@ -196,10 +196,10 @@ class Contestant:
     slow: bool = False              # Stochastic Ghost: few steps, a time budget
 
 
-def _lazy(module: str, name: str, **hyper: Any) -> Callable[[StochasticProblem], Any]:
+def _lazy(module: str, name: str) -> Callable[[StochasticProblem], Any]:
     def build(problem: StochasticProblem):
         cls = getattr(__import__(module, fromlist=[name]), name)
-        return cls.from_problem(problem, **hyper)
+        return cls.from_problem(problem)
     return build
 
 
@@ -223,22 +223,17 @@ CONTESTANTS: tuple[Contestant, ...] = (
     Contestant("Cooper GDA", _peer("Cooper GDA"), "peer", package="cooper-optim"),
     Contestant("Cooper AL", _peer("Cooper AL"), "peer", package="cooper-optim"),
 )
-OPTIONAL: tuple[Contestant, ...] = (
-    # SPBM with torch's fused Adam kernel (SPBM(fused=True)): its numbers are the default's up to
-    # rounding only, so it is a row of its own, run when named (--contestants "SPBM fused")
-    Contestant("SPBM fused", _lazy("hctrain.algorithms.spbm", "SPBM", fused=True), "hctrain"),
-)
-NAMES = tuple(c.name for c in CONTESTANTS + OPTIONAL)
+NAMES = tuple(c.name for c in CONTESTANTS)
 
 
 def contestants(names: list[str] | None = None) -> list[Contestant]:
-    """The contestants named (by default all but the ``OPTIONAL`` ones), the reference always first."""
+    """The contestants named (all by default), the reference always first."""
     if names is None:
         return list(CONTESTANTS)
     unknown = [n for n in names if n not in NAMES]
     if unknown:
         raise ValueError(f"unknown contestant(s) {unknown}; use names from {list(NAMES)}")
-    return [c for c in CONTESTANTS + OPTIONAL if c.name == REFERENCE or c.name in names]
+    return [c for c in CONTESTANTS if c.name == REFERENCE or c.name in names]
 
 
 def missing_package(contestant: Contestant) -> str | None:

@@ -152,16 +152,6 @@ def test_measure_needs_the_reference_first_and_valid_counts(factory):
         bench.contestants(["SPBM2"])
 
 
-def test_optional_contestants_run_only_when_named(factory):
-    assert "SPBM fused" not in [c.name for c in bench.contestants()]
-    who = bench.contestants(["SPBM fused"])
-    assert [c.name for c in who] == [bench.REFERENCE, "SPBM fused"]
-    algo = who[1].build(factory())
-    assert type(algo).__name__ == "SPBM" and algo.fused
-    runners = bench.measure(factory, who, rounds=1, steps=2, warmup=1)
-    assert all(r.status == "ok" and r.rounds for r in runners)
-
-
 def test_a_failing_contestant_is_reported_not_fatal(factory):
     class Broken:
         def __init__(self, problem):

@@ -95,14 +95,12 @@ class FlatAdamGroup:
 
     def step(self, grads: list[Tensor], lr: float, betas: tuple[float, float], eps: float, mu: float,
              anchor_beta: float, const: Callable[[float, Tensor], Tensor], scratch: Tensor,
-             anchor_at: str = "x_k", fused: bool = False) -> None:
+             anchor_at: str = "x_k") -> None:
         """One step (under ``torch.no_grad()``). ``const(value, like)`` gives ``value`` as a cached
         0-dim tensor (cheaper than a Python scalar for CPU ops); ``scratch`` is a 0-dim tensor of
         the parameters' dtype the bias correction is written into. The anchor moves towards x_k
         (``anchor_at="x_k"``, after the Moreau term has read z_k) or towards x_{k+1}
-        (``"x_next"``, after the step). ``fused``: the Adam update by torch's fused kernel
-        (``torch._fused_adam_``, what ``torch.optim.Adam(fused=True)`` runs), one op instead of
-        eight, rounded as that kernel rounds (not as the single-tensor path)."""
+        (``"x_next"``, after the step)."""
         beta1, beta2 = betas
         x, g, z, exp_avg, exp_avg_sq = self.x, self.grad, self.anchor, self.exp_avg, self.exp_avg_sq
         torch._foreach_copy_(self.x_views, self.params)
@@ -112,13 +110,6 @@ class FlatAdamGroup:
         if anchor_at == "x_k":
             z.lerp_(x, anchor_beta)
         self.steps.add_(const(1.0, self.steps))
-        if fused:  # the kernel reads the step count itself, as torch.optim.Adam(fused=True) hands it over
-            torch._fused_adam_([x], [g], [exp_avg], [exp_avg_sq], [], [self.step_views[0]], amsgrad=False,
-                               lr=lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps, maximize=False)
-            torch._foreach_copy_(self.params, self.x_views)
-            if anchor_at != "x_k":
-                z.lerp_(x, anchor_beta)
-            return
         k = self.step_views[0].item()  # as torch.optim.Adam reads it (steps live on the CPU)
         exp_avg.lerp_(g, 1 - beta1)
         exp_avg_sq.mul_(const(beta2, x))

@@ -131,13 +131,6 @@ conversion (several microseconds); clamp bounds stay Python scalars (tensor boun
 The first step, and every step while a hook is registered on the inner Adam (``inner_adam``) or
 one of its non-default options is set, goes through ``torch.optim.Adam.step`` instead.
 
-``fused=True`` takes torch's fused Adam kernel instead (``torch._fused_adam_``, what
-``torch.optim.Adam(fused=True)`` runs; the inner Adam is built fused too): on each group's flat
-vector one op replaces the eight of the update. Its numbers are the default's up to rounding
-only (the kernel's SIMD chunks use fused multiply-adds, and round differently from its tail
-elements, so even torch's fused Adam over the separate tensors agrees with it to rounding, not
-bit for bit; ``tests/test_spbm.py``). The book's chapters run the default.
-
 Measured (``benchmarks/step_time.py``, ``benchmarks/results/step_time.md``, a 2-core Intel Xeon
 VM, one thread, the plain loop at 0.41 ms per step at m = 5): an SPBM step costs 1.22-1.24 times
 a plain ``torch.optim.Adam`` loop's from m = 5 to m = 9,900. Removing one part at a time at
@@ -228,8 +221,6 @@ class SPBM(ConstrainedOptimizer):
     (a view of SPBM's own buffer, overwritten by the next step, as a backward pass would
     accumulate into a ``.grad`` of torch's: clone it to keep it).
     ``step(loss=f, constraints=c)`` runs the same update on values computed in the caller's loop.
-    ``fused=True``: torch's fused Adam kernel for the primal step (faster on the CPU, the same
-    update up to rounding; see the module docstring).
     """
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict], m: int | None = None, lr: float = 0.01, mu: float = 1.0,
@@ -238,7 +229,7 @@ class SPBM(ConstrainedOptimizer):
                  p_min: float = 0.1, p_max: float = 1.0, lambda_min: float = 1e-4, lambda_max: float = 100.0,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, psi_at: str = "c",
                  anchor_at: str = "x_k", annealing: bool | None = None, epoch_length: int | None = None, *,
-                 fused: bool = False, problem: Any = None):
+                 problem: Any = None):
         # --- validation, before anything is built ---
         m = resolve_m("SPBM", m, problem)
         if m is None or isinstance(m, bool) or not isinstance(m, int) or m < 1:
@@ -255,9 +246,6 @@ class SPBM(ConstrainedOptimizer):
         if anchor_at not in ANCHOR_AT:
             raise ValueError(f"anchor_at must be one of {ANCHOR_AT} (the iterate the anchor moves towards: "
                              f"x_k before the step, the reference's, or x_{{k+1}} after it), got {anchor_at!r}")
-        if not isinstance(fused, bool):
-            raise ValueError(f"fused must be True (torch's fused Adam kernel) or False (its single-tensor "
-                             f"path, bit for bit), got {fused!r}")
         if annealing is not None and not isinstance(annealing, bool):
             raise ValueError(f"annealing must be True, False or None (on when the epoch length is known), "
                              f"got {annealing!r}")
@@ -308,10 +296,8 @@ class SPBM(ConstrainedOptimizer):
             self.algorithm_state["penalty"] = torch.full((m,), float(p_max), dtype=dtype, device=first.device)
             self.algorithm_state["anchor"] = [p.detach().clone() for p in self.params]
         # The inner Adam keeps its per-parameter state in this optimizer's self.state (shared).
-        self.fused = fused
         self._adam = torch.optim.Adam(
-            [{"params": g["params"], "lr": g["lr"], "betas": g["betas"], "eps": g["eps"]} for g in self.param_groups],
-            fused=fused or None)
+            [{"params": g["params"], "lr": g["lr"], "betas": g["betas"], "eps": g["eps"]} for g in self.param_groups])
         self._adam.state = self.state
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -467,7 +453,7 @@ class SPBM(ConstrainedOptimizer):
             return False
         for inner in adam.param_groups:
             if (inner["amsgrad"] or inner["maximize"] or inner["weight_decay"] or inner["capturable"]
-                    or inner["differentiable"] or bool(inner["fused"]) != self.fused):
+                    or inner["differentiable"] or inner["fused"]):
                 return False
         if not self._adam_state_complete:
             for p in self.params:
@@ -497,7 +483,7 @@ class SPBM(ConstrainedOptimizer):
             flat = self._flat_group(index, params, start)
             if flat is not None:
                 flat.step(g, group["lr"], group["betas"], group["eps"], group["mu"], group["anchor_beta"],
-                          self._const, self._buffer(params[0]), group["anchor_at"], self.fused)
+                          self._const, self._buffer(params[0]), group["anchor_at"])
             else:
                 self._foreach_adam_step(group, g, self.algorithm_state["anchor"][start:start + n])
             start += n
@@ -530,17 +516,6 @@ class SPBM(ConstrainedOptimizer):
             return None
         with torch.no_grad():
             flat = self._flat[index] = FlatAdamGroup(params, states, anchors, first)
-        return flat
-
-    def _all_flat(self) -> bool:
-        """Whether every parameter group is stepped as one flat vector (``fused=True`` takes torch's
-        fused Adam otherwise, through ``torch.optim.Adam.step``)."""
-        start, flat = 0, True
-        for index, group in enumerate(self.param_groups):
-            n = len(group["params"])
-            if n and self._flat_group(index, group["params"], start) is None:
-                flat = False
-            start += n
         return flat
 
     def _foreach_adam_step(self, group: dict, g: list[Tensor], z: list[Tensor]) -> None:
@@ -638,7 +613,7 @@ class SPBM(ConstrainedOptimizer):
 
         with torch.no_grad():
             self._sync_adam()
-            if self._fused_adam_ready() and (not self.fused or self._all_flat()):
+            if self._fused_adam_ready():
                 self._fused_adam_step(grads)
                 self._set_flat_grads(grads)
             else:
