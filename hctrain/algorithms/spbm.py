@@ -139,8 +139,9 @@ loop's time and the m-vector updates (phi', duals, penalties) about 0.2; those m
 operations timed alone take about 24 us (0.06), so most of their cost in a step is the fixed
 per-operation cost of small CPU ops after a backward pass (fewer ops -- phi' at t and c in one
 pass over a stacked pair, addcmul for the dual factor -- measured no faster). torch's fused CPU
-Adam kernel (``torch._fused_adam_``) would take about 0.09 off, but it rounds differently from
-the single-tensor path reproduced here. The project's target, 1.2, is not met.
+Adam kernel (``torch._fused_adam_``) in the flat step measured 1.19-1.26 in a full run beside
+this path's 1.22-1.27 (``benchmarks/results/step_time_spbm_fused.md``), no clear gain for numbers
+equal to these only up to rounding, so it was not kept. The project's target, 1.2, is not met.
 """
 from __future__ import annotations
 
