@@ -141,7 +141,9 @@ per-operation cost of small CPU ops after a backward pass (fewer ops -- phi' at 
 pass over a stacked pair, addcmul for the dual factor -- measured no faster). torch's fused CPU
 Adam kernel (``torch._fused_adam_``) in the flat step measured 1.19-1.26 in a full run beside
 this path's 1.22-1.27 (``benchmarks/results/step_time_spbm_fused.md``), no clear gain for numbers
-equal to these only up to rounding, so it was not kept. The project's target, 1.2, is not met.
+equal to these only up to rounding, so it was not kept. The project's target, 1.2, is not met
+on that machine. On a 2-core AMD EPYC VM the same code measured 1.13-1.18 (two full runs,
+``benchmarks/results/amd-epyc/step_time.md``): there the target is met.
 """
 from __future__ import annotations
 
