@@ -592,3 +592,53 @@ def test_anchor_moves_towards_the_chosen_iterate(cls, anchor_at):
         assert all(holds)
     else:
         assert not all(holds), "the mutant was not caught"
+
+
+# --- the host path for small m -----------------------------------------------------------------
+
+def _noisy_linear_run(dtype: torch.dtype, cfg: dict, seed: int, steps: int = 200):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(7, 4, generator=g, dtype=dtype)
+    b = torch.randn(7, generator=g, dtype=dtype)
+    x = torch.nn.Parameter(torch.randn(4, generator=g, dtype=dtype))
+    opt = SPBM([x], m=7, gamma=0.5, lambda_max=5.0, **cfg)
+    inside = [False, False]  # a dual, a penalty strictly inside its bounds at some step
+    for _ in range(steps):
+        noise = torch.randn(7, generator=g, dtype=dtype)
+        opt.step(loss=(x * x).sum() + 0.5 * noise[0] * x.sum(), constraints=A @ x - b + noise)
+        inside[0] |= bool(((opt.dual > 1e-4) & (opt.dual < 5.0)).any())
+        inside[1] |= bool(((opt.penalty_parameters > 0.1) & (opt.penalty_parameters < 1.0)).any())
+    return (x.detach().clone(), opt.dual.clone(), opt.penalty_parameters.clone()), inside
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cfg", [
+    {},
+    {"penalty": "quadratic_reciprocal"},
+    {"delta": 0.3, "psi_at": "c/p"},
+    {"penalty": "quadratic_reciprocal", "delta": 0.3},
+    {"schedule": "diminishing"},
+    {"annealing": True, "epoch_length": 7},
+])
+def test_host_updates_equal_the_tensor_path_bit_for_bit(monkeypatch, dtype, cfg):
+    """For m <= HOST_MAX_M on the CPU the m-vector updates run on host floats; they must give the
+    tensor path's numbers exactly (iterate, duals, penalties), with duals and penalties strictly
+    inside their bounds somewhere, so that every operation was exercised."""
+    import hctrain.algorithms.spbm as spbm
+    host, inside = _noisy_linear_run(dtype, cfg, seed=3)
+    monkeypatch.setattr(spbm, "HOST_MAX_M", 0)
+    tensor, _ = _noisy_linear_run(dtype, cfg, seed=3)
+    for a, b in zip(host, tensor):
+        assert torch.equal(a, b), (a, b)
+    assert inside[0] and inside[1]
+
+
+def test_host_path_raises_on_non_finite_values_before_any_change():
+    x = torch.nn.Parameter(torch.ones(2))
+    opt = SPBM([x], m=2)
+    with pytest.raises(ValueError, match="not finite at indices \\[1\\]"):
+        opt.step(loss=x.sum(), constraints=torch.stack([x[0], x[1] * float("nan")]))
+    with pytest.raises(ValueError, match="objective is not finite"):
+        opt.step(loss=x.sum() * float("inf"), constraints=x - 2)
+    assert torch.equal(x.detach(), torch.ones(2)) and opt.iteration == 0
+    assert torch.equal(opt.dual, torch.full((2,), 1e-4))
