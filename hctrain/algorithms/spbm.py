@@ -119,12 +119,7 @@ failed with its own defaults because its annealing demanded one). Measured with 
 
 Cost per step: one forward (two without shared samples), one backward seeded with (1, weights)
 (no graph for the dot product f + weights . c), one host synchronisation (the finiteness check),
-and ~20 elementwise ops on m-vectors (phi', weights, duals, penalties). For m <= ``HOST_MAX_M``
-(16) on the CPU those m-vector updates run on host floats instead, from one ``c.tolist()`` (which
-is also the finiteness check): each float32 +, -, *, / is computed in double and rounded once to
-float32 (``array('f')``), which is the correctly rounded float32 result, so the numbers are the
-tensor path's bit for bit (``tests/test_spbm.py`` compares the two over every option and both
-dtypes); a subclass that overrides one of the tensor methods keeps the tensor path. The Moreau term, the Adam
+and ~13 elementwise ops on m-vectors (phi', weights, duals, penalties). The Moreau term, the Adam
 step and the anchor update (``_fused_adam_step``) treat each parameter group as one vector
 (``flat_adam.FlatAdamGroup``: Adam's state and the anchors are views into contiguous buffers),
 so they are a dozen tensor ops whatever the number of parameter tensors: the same operations as
@@ -153,7 +148,6 @@ on that machine. On a 2-core AMD EPYC VM the same code measured 1.13-1.18 (two f
 from __future__ import annotations
 
 import math
-from array import array
 from typing import Any, Callable, Iterable
 
 import torch
@@ -211,40 +205,6 @@ PENALTY_BARRIER_FUNCTIONS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[
     "quadratic_reciprocal": (quadratic_reciprocal, quadratic_reciprocal_derivative),
 }
 PENALTY_BARRIER_JOINTS = {"quadratic_logarithmic": _LOG_JOINT, "quadratic_reciprocal": _REC_JOINT}
-HOST_MAX_M = 16
-"""Up to this many constraints (CPU, float32 or float64) the m-vector updates run on the host
-(:meth:`SPBM._host_updates`): a few dozen Python float operations cost less than the ~20 small
-tensor ops they replace, each of which costs PyTorch's dispatcher a few microseconds."""
-
-
-def _round32(values: list[float]) -> list[float]:
-    """Each value rounded to float32 (round to nearest even), as a float32 tensor op rounds its result."""
-    return array("f", values).tolist()
-
-
-def _same(values: list[float]) -> list[float]:
-    return values
-
-
-_HOST_ROUNDING = {torch.float32: _round32, torch.float64: _same}
-
-
-def _host_derivative(penalty: str, t: list[float], r: Callable[[list[float]], list[float]]) -> list[float]:
-    """phi'(t) on host floats, operation by operation as :meth:`SPBM.penalty_barrier_derivative`
-    (each result rounded by ``r`` to the tensors' dtype: the same numbers bit for bit, because a
-    float32 +, -, *, / computed in double and rounded once is the correctly rounded float32 result)."""
-    one = r([1.0 + v for v in t])
-    if penalty == "quadratic_logarithmic":
-        barrier = r([-0.25 / min(v, _LOG_JOINT) for v in t])
-    else:
-        joint = r([_REC_JOINT])[0]  # clamp rounds its Python bound to the tensor's dtype
-        left = r([1.0 - min(v, joint) for v in t])
-        barrier = r([1.0 / v for v in r([v * v for v in left])])
-        k = r([32.0 / 27.0])[0]
-        barrier = r([v * k for v in barrier])
-    return [a if a >= b else b for a, b in zip(one, barrier)]
-
-
 SCHEDULES = ("stabilised", "diminishing")
 _SCHEDULE_ALIASES = {"stabilised": "stabilised", "stabilized": "stabilised", "diminishing": "diminishing"}
 
@@ -484,47 +444,6 @@ class SPBM(ConstrainedOptimizer):
             torch.addcdiv(pen * const(K, pen), pen, psi, value=1.0 - K, out=pen)
         pen.clamp_(hp["p_min"], hp["p_max"])
 
-    def _host_path_exact(self) -> bool:
-        """Whether :meth:`_host_updates` computes what this class's tensor methods would (a
-        subclass that overrides one of them takes the tensor path)."""
-        cls = type(self)
-        return all(getattr(cls, name) is getattr(SPBM, name) for name in (
-            "_constraint_weights", "_update_duals", "_update_penalties", "penalty_barrier_derivative",
-            "_annealed"))
-
-    def _host_updates(self, c: list[float], lam: Tensor, pen: Tensor, hp: dict
-                      ) -> tuple[list[float], list[float], list[float]]:
-        """The m-vector part of the step on host floats (small m on the CPU, see ``HOST_MAX_M``):
-        the weights lambda_k * phi'(t_k), lambda_{k+1} and p_{k+1}, each operation as in
-        :meth:`_update_duals` and :meth:`_update_penalties` and rounded to the tensors' dtype,
-        so the numbers are those of the tensor path bit for bit (``tests/test_spbm.py``)."""
-        r = _HOST_ROUNDING[lam.dtype]
-        lv, pv = lam.tolist(), pen.tolist()
-        penalty = hp["penalty"]
-        t = r([a / b for a, b in zip(c, pv)])
-        dphi = _host_derivative(penalty, t, r)
-        weights = r([a * b for a, b in zip(lv, dphi)])
-        hp = self._annealed(hp)
-        gamma, K = hp["gamma"], hp["K"]
-        lo, hi = r([hp["lambda_min"], hp["lambda_max"]])
-        g1, g0 = r([1.0 - gamma, gamma])
-        factor = r([v + g0 for v in r([d * g1 for d in dphi])])
-        new_lam = [min(max(v, lo), hi) for v in r([a * b for a, b in zip(lv, factor)])]
-        (k,) = r([K])
-        kp = r([v * k for v in pv])
-        if hp["schedule"] == "diminishing":
-            new_pen = kp
-        else:
-            psi = dphi if hp["psi_at"] == "c/p" else _host_derivative(penalty, c, r)
-            if hp["delta"] != 1.0:
-                (delta,) = r([hp["delta"]])
-                psi = [v if v < 1.0 else w for v, w in zip(psi, r([v * delta for v in psi]))]
-            (k1,) = r([1.0 - K])
-            # addcdiv(self, t1, t2, value): self + value * t1 / t2, in that order
-            new_pen = r([a + b for a, b in zip(kp, r([v / q for v, q in zip(r([k1 * v for v in pv]), psi)]))])
-        lo, hi = r([hp["p_min"], hp["p_max"]])
-        return weights, new_lam, [min(max(v, lo), hi) for v in new_pen]
-
     def _fused_adam_ready(self) -> bool:
         """True when the inner Adam's update can be done by :meth:`_fused_adam_step`: plain Adam
         (no amsgrad, maximize, weight decay, capturable, differentiable or fused options), no step
@@ -663,35 +582,23 @@ class SPBM(ConstrainedOptimizer):
         if c.dim() != 1 or c.numel() != self.m:
             check_values(self.m, None, c)  # raises, naming the shape
         c_d = c.detach()
-        state = self.algorithm_state
-        lam, pen = state["dual"], state["penalty"]
-        host = (self.m <= HOST_MAX_M and c_d.device.type == "cpu" and lam.device.type == "cpu"
-                and c_d.dtype == lam.dtype and lam.dtype in _HOST_ROUNDING
-                and self._host_path_exact())
-        if host:  # small m on the CPU: the m-vector math on host floats, one sync for the values
-            c_host, loss_host = c_d.tolist(), loss.detach().item()
-            if not (math.isfinite(loss_host) and all(map(math.isfinite, c_host))):
-                check_values(self.m, loss, c)
-        # Otherwise one host sync instead of two: f + sum(c) is finite whenever f and c are (a false
-        # alarm, a sum that overflows, falls through check_values, which then raises nothing).
-        elif not math.isfinite(float(c_d.sum() + loss.detach())):
+        # One host sync instead of two: f + sum(c) is finite whenever f and c are (a false alarm, a
+        # sum that overflows, falls through check_values, which then raises nothing).
+        if not math.isfinite(float(c_d.sum() + loss.detach())):
             check_values(self.m, loss, c)
-        if lam.device != c.device:  # e.g. a CPU checkpoint resumed on a GPU
-            state["dual"], state["penalty"] = lam.to(c.device), pen.to(c.device)
-            lam, pen = state["dual"], state["penalty"]
+        state = self.algorithm_state
+        if state["dual"].device != c.device:  # e.g. a CPU checkpoint resumed on a GPU
+            state["dual"], state["penalty"] = state["dual"].to(c.device), state["penalty"].to(c.device)
+        lam, pen = state["dual"], state["penalty"]
         hp = self.param_groups[0]
 
         with torch.no_grad():
-            if host:
-                weights_host, new_lam, new_pen = self._host_updates(c_host, lam, pen, hp)
-                weights = torch.tensor(weights_host, dtype=c_d.dtype)
-            else:
-                c_l = c_d if c_d.dtype == lam.dtype else c_d.to(lam.dtype)
-                t = c_l.div(pen)
-                dphi = self.penalty_barrier_derivative(t)  # phi'(t_k), computed once per step
-                weights = self._constraint_weights(lam, dphi)  # at c(x_k, zeta_k)
-                if weights.dtype != c.dtype:
-                    weights = weights.to(c.dtype)
+            c_l = c_d if c_d.dtype == lam.dtype else c_d.to(lam.dtype)
+            t = c_l.div(pen)
+            dphi = self.penalty_barrier_derivative(t)  # phi'(t_k), computed once per step
+            weights = self._constraint_weights(lam, dphi)  # at c(x_k, zeta_k)
+            if weights.dtype != c.dtype:
+                weights = weights.to(c.dtype)
 
         # grad f + J_c^T weights: one backward pass whatever m is, seeded with (1, weights); the
         # same as differentiating f + weights . c, without building the dot product's graph.
@@ -714,15 +621,11 @@ class SPBM(ConstrainedOptimizer):
                 self._set_flat_grads(grads)
             else:
                 self._torch_adam_step(grads)
-            if host:
-                lam.copy_(torch.tensor(new_lam, dtype=lam.dtype))
-                pen.copy_(torch.tensor(new_pen, dtype=pen.dtype))
-            else:
-                hp = self._annealed(hp)
-                self._update_duals(lam, t, dphi, hp)
-                # the schedule's psi: phi' at the raw c (the reference's) or at t = c / p
-                self._update_penalties(pen, dphi if hp["psi_at"] == "c/p" else
-                                       self.penalty_barrier_derivative(c_l), hp)
+            hp = self._annealed(hp)
+            self._update_duals(lam, t, dphi, hp)
+            # the schedule's psi: phi' at the raw c (the reference's) or at t = c / p
+            self._update_penalties(pen, dphi if hp["psi_at"] == "c/p" else
+                                   self.penalty_barrier_derivative(c_l), hp)
 
         state["step"] += 1
         return {"loss": loss.detach(), "constraints": c_d}
