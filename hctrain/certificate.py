@@ -134,3 +134,41 @@ def certify(model: torch.nn.Module, task, split: str = "test", alpha: float = 0.
     largest = float(table["upper bound"].max())
     return {"table": table, "largest upper bound": largest, "certified": largest <= bound,
             "alpha": alpha, "kind": kind, "split": split}
+
+
+def within_bound_probability(n: Sequence[int], rates: Sequence[float], bound: float,
+                             shares: Sequence[float] | None = None, draws: int = 200_000,
+                             seed: int = 0) -> float:
+    r"""The probability that a held-out sample shows every group's decision gap within ``bound``,
+    for a fixed model whose *population* decision rates are ``rates``: what a test split of
+    ``n[g]`` rows per group can tell about a bound.
+
+    On the sample the group rates are :math:`\hat r_g = K_g / n_g` with independent
+    :math:`K_g \sim \mathrm{Binomial}(n_g, r_g)`, the overall rate is
+    :math:`\hat r = \sum_h w_h \hat r_h` (``shares`` :math:`w`, by default the sample's own
+    :math:`n_g / \sum_h n_h`), and the event is :math:`\max_g |\hat r_g - \hat r| \le b`. Estimated
+    from ``draws`` Monte Carlo samples (standard error at most :math:`0.5/\sqrt{\text{draws}}`).
+    A model whose population gaps are all zero still lands outside the bound on a small sample
+    with the probability one minus this value."""
+    n = np.asarray(n)
+    r = np.asarray(rates, dtype=float)
+    if n.ndim != 1 or n.size < 2 or r.shape != n.shape:
+        raise ValueError(f"n and rates must be 1-d, one entry per group (at least two), got {n.shape} and {r.shape}")
+    if not np.issubdtype(n.dtype, np.integer) or (n < 1).any():
+        raise ValueError(f"n must be integer row counts >= 1 per group, got {n.tolist()}")
+    if not np.isfinite(r).all() or (r < 0).any() or (r > 1).any():
+        raise ValueError(f"rates must be probabilities in [0, 1], got {r.tolist()}")
+    bound = check_number("bound", bound, low=0.0, fix="; e.g. 0.05")
+    if not isinstance(draws, (int, np.integer)) or draws < 1:
+        raise ValueError(f"draws must be a positive integer, got {draws!r}")
+    w = n / n.sum() if shares is None else np.asarray(shares, dtype=float)
+    if w.shape != n.shape or (w < 0).any() or not math.isclose(float(w.sum()), 1.0, abs_tol=1e-9):
+        raise ValueError(f"shares must be {n.size} nonnegative weights summing to 1, got {shares!r}")
+    rng = np.random.default_rng(seed)
+    inside = 0
+    for start in range(0, draws, 50_000):  # in chunks: memory stays small for many groups
+        size = min(50_000, draws - start)
+        sample = rng.binomial(n, r, size=(size, n.size)) / n
+        gaps = np.abs(sample - (sample @ w)[:, None]).max(axis=1)
+        inside += int((gaps <= bound + 1e-12).sum())
+    return inside / draws

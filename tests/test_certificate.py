@@ -103,3 +103,52 @@ def test_certify_a_model_on_a_task():
     half = math.sqrt(math.log(4 * 3 / 0.05) / (2 * 20))  # Hoeffding at alpha / (2G) per side, 20 rows
     table = soft["table"]
     assert (table["high"] - table["rate"]).to_numpy() == pytest.approx([half] * 3)
+
+
+def _exact_two_groups(n1, n2, p1, p2, bound):
+    """P(max_g |r_g - w1 r1 - w2 r2| <= bound) for two groups by enumeration: the largest gap is
+    max(w1, w2) |r1 - r2| with w the sample's shares."""
+    from scipy.stats import binom
+
+    k1, k2 = np.arange(n1 + 1), np.arange(n2 + 1)
+    pmf = np.outer(binom.pmf(k1, n1, p1), binom.pmf(k2, n2, p2))
+    w_max = max(n1, n2) / (n1 + n2)
+    gap = w_max * np.abs(k1[:, None] / n1 - k2[None, :] / n2)
+    return float(pmf[gap <= bound + 1e-12].sum())
+
+
+@pytest.mark.parametrize("n, p", [((80, 80), (0.4, 0.4)), ((30, 90), (0.3, 0.45)), ((200, 50), (0.5, 0.42))])
+def test_within_bound_probability_matches_enumeration(n, p):
+    """Two groups of unequal size and rate: the Monte Carlo value is the enumerated one within four
+    standard errors. Weighting the overall rate equally (not by the shares) moves the answer by
+    more than that on the unequal designs, so a wrong weight fails."""
+    from hctrain.certificate import within_bound_probability
+
+    exact = _exact_two_groups(*n, *p, 0.05)
+    estimate = within_bound_probability(n, p, 0.05, draws=400_000, seed=3)
+    assert abs(estimate - exact) < 4 * math.sqrt(exact * (1 - exact) / 400_000), (estimate, exact)
+    if n[0] != n[1]:
+        equal = within_bound_probability(n, p, 0.05, shares=[0.5, 0.5], draws=400_000, seed=3)
+        assert abs(equal - exact) > 4 * math.sqrt(exact * (1 - exact) / 400_000), (equal, exact)
+
+
+def test_within_bound_probability_limits_and_errors():
+    from hctrain.certificate import within_bound_probability
+
+    # a large sample resolves the bound: zero gaps pass, gaps of 0.1 fail
+    assert within_bound_probability([100_000] * 3, [0.4] * 3, 0.05, draws=2_000) == 1.0
+    assert within_bound_probability([100_000] * 2, [0.3, 0.5], 0.05, draws=2_000) == 0.0
+    # two groups of 80 rows: the gap is half the rates' difference, SD about 0.039
+    assert 0.78 < within_bound_probability([80, 80], [0.4, 0.4], 0.05, draws=20_000) < 0.88
+    # Virginia's test split (about 20% of the offline rows per marital-status group): a model with
+    # no gap at all lands inside 0.05 in well under half the samples (SD of a small group's gap 0.055)
+    virginia = [2414, 82, 419, 86, 1259]
+    assert 0.3 < within_bound_probability(virginia, [0.43] * 5, 0.05, draws=20_000) < 0.5
+    with pytest.raises(ValueError, match="integer row counts"):
+        within_bound_probability([80.5, 80], [0.4, 0.4], 0.05)
+    with pytest.raises(ValueError, match="probabilities in"):
+        within_bound_probability([80, 80], [0.4, 1.4], 0.05)
+    with pytest.raises(ValueError, match="one entry per group"):
+        within_bound_probability([80, 80, 10], [0.4, 0.4], 0.05)
+    with pytest.raises(ValueError, match="shares must be"):
+        within_bound_probability([80, 80], [0.4, 0.4], 0.05, shares=[0.7, 0.7])
