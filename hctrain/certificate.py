@@ -68,6 +68,14 @@ def clopper_pearson(successes: np.ndarray, trials: np.ndarray, alpha: float) -> 
     return low, high
 
 
+def _weights(n: np.ndarray, shares: Sequence[float] | None) -> np.ndarray:
+    """The weights w_g of the overall rate: ``shares`` checked, or the rows' own n_g / sum(n)."""
+    w = n / n.sum() if shares is None else np.asarray(shares, dtype=float)
+    if w.shape != n.shape or (w < 0).any() or not math.isclose(float(w.sum()), 1.0, abs_tol=1e-9):
+        raise ValueError(f"shares must be {n.size} nonnegative weights summing to 1, got {shares!r}")
+    return w
+
+
 def gap_upper_bounds(values: Tensor | np.ndarray, group: Tensor | np.ndarray, group_names: Sequence[str],
                      alpha: float = 0.05, kind: str = "labels",
                      shares: Sequence[float] | None = None) -> pd.DataFrame:
@@ -103,9 +111,7 @@ def gap_upper_bounds(values: Tensor | np.ndarray, group: Tensor | np.ndarray, gr
     else:
         half = np.sqrt(math.log(4 * G / alpha) / (2 * n))
         low, high = np.clip(rate - half, 0.0, 1.0), np.clip(rate + half, 0.0, 1.0)
-    w = n / n.sum() if shares is None else np.asarray(shares, dtype=float)
-    if w.shape != (G,) or (w < 0).any() or not math.isclose(float(w.sum()), 1.0, abs_tol=1e-9):
-        raise ValueError(f"shares must be {G} nonnegative weights summing to 1, got {shares!r}")
+    w = _weights(n, shares)
     overall = float(w @ rate)
     others_low, others_high = w @ low - w * low, w @ high - w * high  # sum over h != g
     upper = np.maximum((1 - w) * high - others_low, others_high - (1 - w) * low)
@@ -161,9 +167,7 @@ def within_bound_probability(n: Sequence[int], rates: Sequence[float], bound: fl
     bound = check_number("bound", bound, low=0.0, fix="; e.g. 0.05")
     if not isinstance(draws, (int, np.integer)) or draws < 1:
         raise ValueError(f"draws must be a positive integer, got {draws!r}")
-    w = n / n.sum() if shares is None else np.asarray(shares, dtype=float)
-    if w.shape != n.shape or (w < 0).any() or not math.isclose(float(w.sum()), 1.0, abs_tol=1e-9):
-        raise ValueError(f"shares must be {n.size} nonnegative weights summing to 1, got {shares!r}")
+    w = _weights(n, shares)
     rng = np.random.default_rng(seed)
     inside = 0
     for start in range(0, draws, 50_000):  # in chunks: memory stays small for many groups
