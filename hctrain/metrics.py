@@ -15,7 +15,7 @@
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -52,7 +52,9 @@ def loss_at(records: pd.DataFrame, time_s: float, split: str = "train") -> pd.Se
     return last.groupby(level="algorithm", sort=False).mean()
 
 
-def comparison_table(records: pd.DataFrame, loss_times: tuple[float, ...] = ()) -> pd.DataFrame:
+def comparison_table(
+    records: pd.DataFrame, loss_times: Sequence[float] | Mapping[str, float] = ()
+) -> pd.DataFrame:
     """One row per algorithm (in order of appearance), each number a mean over runs.
 
     * ``final {split} loss`` / ``accuracy``: the last evaluation of each run.
@@ -60,7 +62,8 @@ def comparison_table(records: pd.DataFrame, loss_times: tuple[float, ...] = ()) 
       positive number is a violation of the bound).
     * ``feasible share {split}``: the share of evaluations after the start (step > 0; all runs
       pooled) at which every c_g <= 0 on that split.
-    * ``train loss at {t} s``: see :func:`loss_at`, for each ``t`` in ``loss_times``.
+    * ``train loss at {t} s``: see :func:`loss_at`, for each ``t`` in ``loss_times``; given a
+      mapping such as ``{"quarter": budget / 4}``, the column is named ``train loss quarter``.
     * ``steps per second``: training steps per second of training time.
     """
     if records.empty:
@@ -81,8 +84,12 @@ def comparison_table(records: pd.DataFrame, loss_times: tuple[float, ...] = ()) 
         cons = records[(records["split"] == split) & records["metric"].isin(constraints) & (records["step"] > 0)]
         worst = cons.groupby(["algorithm", "run", "step"])["value"].max()
         columns[f"feasible share {split}"] = worst.le(0).groupby(level="algorithm").mean()
-    for t in loss_times:
-        columns[f"train loss at {t:g} s"] = loss_at(records, t)
+    if isinstance(loss_times, Mapping):
+        named = {f"train loss {label}": t for label, t in loss_times.items()}
+    else:
+        named = {f"train loss at {t:g} s": t for t in loss_times}
+    for column, t in named.items():
+        columns[column] = loss_at(records, t)
     columns["steps per second"] = steps_per_second(records)
     return pd.DataFrame(columns).reindex(order).rename_axis("algorithm")
 

@@ -206,6 +206,14 @@ def test_comparison_table_by_hand() -> None:
     assert loss_at(synthetic_records(), 2.0, split="test").to_dict() == pytest.approx({"B": 0.61, "A": 0.40})
 
 
+def test_comparison_table_names_loss_times() -> None:
+    named = comparison_table(synthetic_records(), loss_times={"quarter": 0.5, "half": 1.0})
+    plain = comparison_table(synthetic_records(), loss_times=(0.5, 1.0))
+    assert list(named.columns[-3:]) == ["train loss quarter", "train loss half", "steps per second"]
+    assert named["train loss quarter"].tolist() == plain["train loss at 0.5 s"].tolist()
+    assert named["train loss half"].tolist() == plain["train loss at 1 s"].tolist()
+
+
 def test_comparison_table_of_nothing() -> None:
     with pytest.raises(ValueError, match="no records"):
         comparison_table(pd.DataFrame(columns=COLUMNS))
