@@ -3,6 +3,8 @@
 * :func:`comparison_table` turns the tidy records of :func:`hctrain.runner.run` into one row per
   algorithm: final loss and accuracy, the largest final constraint value, how often all
   constraints held, the train loss at given times, steps per second.
+  :func:`largest_final_constraint` gives the same largest final value with the group it belongs
+  to, so that a page which names the group quotes the table's number.
 * :func:`replay` rebuilds the final model of a recorded run. ``run`` keeps records, not models;
   but a run is determined by its seed and its number of steps (the time budget only decides
   when it stops), so stepping a fresh ``task.problem(seed)`` as many times as the run did gives
@@ -30,7 +32,7 @@ from .runner import _factory, _threads
 from .summary import final_values, steps_per_second
 from .task import FairnessTask
 
-__all__ = ["STATISTICS", "comparison_table", "loss_at", "replay", "replay_final_models", "replay_error",
+__all__ = ["STATISTICS", "comparison_table", "largest_final_constraint", "loss_at", "replay", "replay_final_models", "replay_error",
            "group_statistics", "group_fairness_table", "fairness_gaps"]
 
 STATISTICS: dict[str, tuple[LinearFractionalStatistic, bool]] = {
@@ -77,9 +79,7 @@ def comparison_table(
         for metric in ("loss", "accuracy"):
             columns[f"final {split} {metric}"] = mine[mine["metric"] == metric].groupby("algorithm")["value"].mean()
     for split in ("train", "test"):
-        mine = final[(final["split"] == split) & final["metric"].isin(constraints)]
-        worst = mine.groupby(["algorithm", "run"])["value"].max()
-        columns[f"largest final {split} c"] = worst.groupby(level="algorithm").mean()
+        columns[f"largest final {split} c"] = _largest_final(final, constraints, split)["value"]
     for split in ("train", "test"):
         cons = records[(records["split"] == split) & records["metric"].isin(constraints) & (records["step"] > 0)]
         worst = cons.groupby(["algorithm", "run", "step"])["value"].max()
@@ -92,6 +92,35 @@ def comparison_table(
         columns[column] = loss_at(records, t)
     columns["steps per second"] = steps_per_second(records)
     return pd.DataFrame(columns).reindex(order).rename_axis("algorithm")
+
+
+def largest_final_constraint(records: pd.DataFrame, split: str = "train") -> pd.DataFrame:
+    """Per algorithm (in order of appearance), the largest constraint value at the end of a run.
+
+    * ``value``: the mean over runs of :math:`\\max_g c_g` at each run's last evaluation on
+      ``split``, the ``largest final {split} c`` column of :func:`comparison_table`.
+    * ``group``: the group whose :math:`c_g` is that maximum in the most runs (the name inside
+      ``c[...]``); a tie goes to the group with the larger mean final :math:`c_g`.
+    """
+    if records.empty:
+        raise ValueError("no records: run an experiment first")
+    if split not in set(records["split"]):
+        raise ValueError(f"split {split!r} is not in the records, which have {sorted(set(records['split']))}")
+    order = list(pd.unique(records["algorithm"]))
+    return _largest_final(final_values(records), constraint_metrics(records), split).reindex(order)
+
+
+def _largest_final(final: pd.DataFrame, constraints: list[str], split: str) -> pd.DataFrame:
+    mine = final[(final["split"] == split) & final["metric"].isin(constraints)]
+    per_run = mine.loc[mine.groupby(["algorithm", "run"])["value"].idxmax()]
+    mean_c = mine.groupby(["algorithm", "metric"])["value"].mean()
+    rows = {}
+    for algorithm, runs in per_run.groupby("algorithm", sort=False):
+        counts = runs["metric"].value_counts()
+        tied = counts.index[counts == counts.max()]
+        metric = max(tied, key=lambda m: mean_c[(algorithm, m)])
+        rows[algorithm] = {"value": runs["value"].mean(), "group": metric[2:-1]}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("algorithm")
 
 
 # --- rebuilding final models -------------------------------------------------------------------

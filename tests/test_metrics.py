@@ -12,8 +12,8 @@ from torch import nn
 
 from hctrain.algorithms import GDA, Adam
 from hctrain.data import FairnessData
-from hctrain.metrics import (comparison_table, fairness_gaps, group_fairness_table, group_statistics, loss_at,
-                             replay, replay_error, replay_final_models)
+from hctrain.metrics import (comparison_table, fairness_gaps, group_fairness_table, group_statistics,
+                             largest_final_constraint, loss_at, replay, replay_error, replay_final_models)
 from hctrain.runner import COLUMNS, run
 from hctrain.task import FairnessTask
 
@@ -217,3 +217,31 @@ def test_comparison_table_names_loss_times() -> None:
 def test_comparison_table_of_nothing() -> None:
     with pytest.raises(ValueError, match="no records"):
         comparison_table(pd.DataFrame(columns=COLUMNS))
+
+
+def test_largest_final_constraint_names_the_group_of_most_runs() -> None:
+    records = synthetic_records()
+    table = comparison_table(records)
+    for split in ("train", "test"):
+        largest = largest_final_constraint(records, split)
+        assert list(largest.index) == ["B", "A"]
+        assert largest["value"].tolist() == table[f"largest final {split} c"].tolist()
+    # A on train: g1 is largest in run 0, g2 in run 1; the tie goes to g2 (mean final c 0.01 > -0.02)
+    assert largest_final_constraint(records, "train")["group"].to_dict() == {"B": "g1", "A": "g2"}
+    # A on test: g1 in run 0, g2 in run 1; g1's mean final c (0.0) beats g2's (-0.01)
+    assert largest_final_constraint(records, "test")["group"].to_dict() == {"B": "g1", "A": "g1"}
+
+
+def test_largest_final_constraint_counts_runs_not_means() -> None:
+    # g1 is the largest in two runs by a little, g2 in one run by a lot: g2 has the larger mean
+    rows = [("A", r, r, 10, 1.0, "train", f"c[{g}]", v)
+            for r, (v1, v2) in enumerate([(0.01, 0.0), (0.01, 0.0), (-0.3, 0.2)])
+            for g, v in (("g1", v1), ("g2", v2))]
+    records = pd.DataFrame(rows, columns=COLUMNS)
+    largest = largest_final_constraint(records)
+    assert largest.loc["A", "group"] == "g1"
+    assert largest.loc["A", "value"] == pytest.approx((0.01 + 0.01 + 0.2) / 3)
+    with pytest.raises(ValueError, match="split 'test' is not in the records"):
+        largest_final_constraint(records, "test")
+    with pytest.raises(ValueError, match="no records"):
+        largest_final_constraint(pd.DataFrame(columns=COLUMNS))
