@@ -32,8 +32,8 @@ from .runner import _factory, _threads
 from .summary import final_values, steps_per_second
 from .task import FairnessTask
 
-__all__ = ["STATISTICS", "comparison_table", "largest_final_constraint", "loss_at", "replay", "replay_final_models", "replay_error",
-           "group_statistics", "group_fairness_table", "fairness_gaps"]
+__all__ = ["STATISTICS", "comparison_table", "largest_final_constraint", "loss_at", "replay", "replay_final_models",
+           "replay_error", "group_statistics", "group_fairness_table", "fairness_gaps"]
 
 STATISTICS: dict[str, tuple[LinearFractionalStatistic, bool]] = {
     "PR": (PositiveRate(), False),               # P(yhat = 1 | g): independence
