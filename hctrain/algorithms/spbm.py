@@ -119,7 +119,8 @@ failed with its own defaults because its annealing demanded one). Measured with 
 
 Cost per step: one forward (two without shared samples), one backward seeded with (1, weights)
 (no graph for the dot product f + weights . c), one host synchronisation (the finiteness check),
-and ~13 elementwise ops on m-vectors (phi', weights, duals, penalties). The Moreau term, the Adam
+and ~15 elementwise ops on m-vectors (phi' at t and at c, computed in one pass over the stacked
+pair; weights, duals, penalties). The Moreau term, the Adam
 step and the anchor update (``_fused_adam_step``) treat each parameter group as one vector
 (``flat_adam.FlatAdamGroup``: Adam's state and the anchors are views into contiguous buffers),
 so they are a dozen tensor ops whatever the number of parameter tensors: the same operations as
@@ -137,13 +138,21 @@ a plain ``torch.optim.Adam`` loop's from m = 5 to m = 9,900. Removing one part a
 m = 5, the flat Adam step with the Moreau term and the anchor takes about 0.2 of the plain
 loop's time and the m-vector updates (phi', duals, penalties) about 0.2; those m-vector
 operations timed alone take about 24 us (0.06), so most of their cost in a step is the fixed
-per-operation cost of small CPU ops after a backward pass (fewer ops -- phi' at t and c in one
-pass over a stacked pair, addcmul for the dual factor -- measured no faster). torch's fused CPU
+per-operation cost of small CPU ops after a backward pass, whatever library runs them (the same
+updates in NumPy on the tensors' memory measured no faster: an ad-hoc same-run check on the AMD
+VM below, 80 rounds at m = 5, 1.133 against 1.130). What does save time is fewer operations:
+phi' at t and at the raw c, which the default schedule needs, in one pass over the stacked pair
+(two operations fewer than two passes, the same numbers bit for bit) measured 1.095-1.102 /
+1.134 / 1.114 / 1.129 against 1.118-1.125 / 1.155 / 1.140 / 1.133 for two passes at m = 5 / 90 /
+870 / 9,900 (same runs, interleaved, 60 rounds, on the AMD VM; an ad-hoc script, not stored);
+an addcmul for the dual factor measured no faster. torch's fused CPU
 Adam kernel (``torch._fused_adam_``) in the flat step measured 1.19-1.26 in a full run beside
 this path's 1.22-1.27 (``benchmarks/results/step_time_spbm_fused.md``), no clear gain for numbers
 equal to these only up to rounding, so it was not kept. The project's target, 1.2, is not met
-on that machine. On a 2-core AMD EPYC VM the same code measured 1.13-1.18 (two full runs,
-``benchmarks/results/amd-epyc/step_time.md``): there the target is met.
+on that machine (measured before the stacked pair; not measured there since). On a 2-core AMD
+EPYC VM that code measured 1.13-1.18 (two full runs, ``benchmarks/results/amd-epyc/step_time.md``)
+and this code 1.13-1.17 and 1.14-1.16 (``amd-epyc/step_time_2026-12-04_run1.md``, ``_run2.md``):
+there the target is met.
 """
 from __future__ import annotations
 
@@ -595,7 +604,10 @@ class SPBM(ConstrainedOptimizer):
         with torch.no_grad():
             c_l = c_d if c_d.dtype == lam.dtype else c_d.to(lam.dtype)
             t = c_l.div(pen)
-            dphi = self.penalty_barrier_derivative(t)  # phi'(t_k), computed once per step
+            if hp["psi_at"] == "c":  # phi'(t_k) and the schedule's phi'(c_k) in one pass over the pair
+                dphi, dphi_c = self.penalty_barrier_derivative(torch.stack((t, c_l))).unbind()
+            else:
+                dphi = dphi_c = self.penalty_barrier_derivative(t)  # phi'(t_k), once per step
             weights = self._constraint_weights(lam, dphi)  # at c(x_k, zeta_k)
             if weights.dtype != c.dtype:
                 weights = weights.to(c.dtype)
@@ -624,8 +636,7 @@ class SPBM(ConstrainedOptimizer):
             hp = self._annealed(hp)
             self._update_duals(lam, t, dphi, hp)
             # the schedule's psi: phi' at the raw c (the reference's) or at t = c / p
-            self._update_penalties(pen, dphi if hp["psi_at"] == "c/p" else
-                                   self.penalty_barrier_derivative(c_l), hp)
+            self._update_penalties(pen, dphi_c, hp)
 
         state["step"] += 1
         return {"loss": loss.detach(), "constraints": c_d}
