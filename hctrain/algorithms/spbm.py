@@ -604,10 +604,11 @@ class SPBM(ConstrainedOptimizer):
         with torch.no_grad():
             c_l = c_d if c_d.dtype == lam.dtype else c_d.to(lam.dtype)
             t = c_l.div(pen)
-            if hp["psi_at"] == "c":  # phi'(t_k) and the schedule's phi'(c_k) in one pass over the pair
-                dphi, dphi_c = self.penalty_barrier_derivative(torch.stack((t, c_l))).unbind()
+            # phi'(t_k), and the penalty schedule's phi' (at the raw c_k, the reference's, or at t_k)
+            if hp["psi_at"] == "c":  # both in one pass over the stacked pair
+                dphi, dphi_schedule = self.penalty_barrier_derivative(torch.stack((t, c_l))).unbind()
             else:
-                dphi = dphi_c = self.penalty_barrier_derivative(t)  # phi'(t_k), once per step
+                dphi = dphi_schedule = self.penalty_barrier_derivative(t)
             weights = self._constraint_weights(lam, dphi)  # at c(x_k, zeta_k)
             if weights.dtype != c.dtype:
                 weights = weights.to(c.dtype)
@@ -635,8 +636,7 @@ class SPBM(ConstrainedOptimizer):
                 self._torch_adam_step(grads)
             hp = self._annealed(hp)
             self._update_duals(lam, t, dphi, hp)
-            # the schedule's psi: phi' at the raw c (the reference's) or at t = c / p
-            self._update_penalties(pen, dphi_c, hp)
+            self._update_penalties(pen, dphi_schedule, hp)
 
         state["step"] += 1
         return {"loss": loss.detach(), "constraints": c_d}
