@@ -513,6 +513,28 @@ def test_fused_adam_step_equals_torch_adam_step_bit_for_bit(dtype_y, groups, anc
         assert torch.equal(p.grad, q.grad)
 
 
+def test_grad_holds_this_steps_G_after_the_user_clears_or_replaces_it():
+    """.grad is this step's G_k whatever the caller did to it in between: set to None
+    (zero_grad), replaced by a tensor of its own, or left as it was (the last step's view); the
+    same values as the path through torch.optim.Adam.step, which assigns .grad every step."""
+    fast, tp_fast = _run_two_parameter(False, torch.float64, False, steps=3)
+    slow, tp_slow = _run_two_parameter(True, torch.float64, False, steps=3)
+    problem_fast, problem_slow = _Problem(tp_fast), _Problem(tp_slow)
+    x_fast = tp_fast.model.x
+    for between in ("none", "replace", "keep", "zero_in_place"):
+        if between == "none":
+            fast.zero_grad()
+        elif between == "replace":
+            x_fast.grad = torch.full_like(x_fast, 7.0)
+        elif between == "zero_in_place":
+            x_fast.grad.zero_()
+        fast.step(problem_fast)
+        slow.step(problem_slow)
+        for p, q in zip(tp_fast.model.parameters(), tp_slow.model.parameters()):
+            assert p.grad is not None and torch.equal(p.grad, q.grad), between
+            assert torch.equal(p, q), between
+
+
 def _flat_buffers(algo):
     return [flat for flat in algo._flat.values() if flat is not None]
 

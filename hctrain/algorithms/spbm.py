@@ -297,6 +297,7 @@ class SPBM(ConstrainedOptimizer):
             raise ValueError(f"lambda_max must be >= lambda_min, got lambda_min={lambda_min!r}, "
                              f"lambda_max={lambda_max!r}")
         self._constants: dict[tuple, Tensor] = {}  # see _const (before super().__init__: add_param_group)
+        self._pair: tuple[Tensor, ...] | None = None  # see _pair_buffers
         self._adam_state_complete = False  # see _fused_adam_ready
         self._flat: dict[int, FlatAdamGroup | None] = {}  # see _flat_group
         super().__init__(params, defaults, m, problem)
@@ -374,24 +375,37 @@ class SPBM(ConstrainedOptimizer):
         """phi(t) of the configured penalty-barrier function."""
         return PENALTY_BARRIER_FUNCTIONS[self.param_groups[0]["penalty"]][0](t)
 
-    def penalty_barrier_derivative(self, t: Tensor) -> Tensor:
-        """phi'(t) of the configured penalty-barrier function.
+    def penalty_barrier_derivative(self, t: Tensor, out: Tensor | None = None) -> Tensor:
+        """phi'(t) of the configured penalty-barrier function (written into ``out`` when given:
+        a tensor of t's shape, dtype and device that does not overlap t).
 
         The same operations as :func:`quadratic_logarithmic_derivative` /
         :func:`quadratic_reciprocal_derivative` (the result is identical bit for bit), done in
-        place on one new buffer, with the multiplicative constants as cached 0-dim tensors (a
+        place on one buffer, with the multiplicative constants as cached 0-dim tensors (a
         mul with a Python scalar costs PyTorch a scalar-to-tensor conversion, several
         microseconds on the CPU) and the clamp bounds as Python scalars (the opposite holds for
         clamp: tensor bounds make it a three-input op, 3-5x slower on long vectors).
         """
         const = self._const
         if self.param_groups[0]["penalty"] == "quadratic_logarithmic":
-            barrier = torch.clamp(t, max=_LOG_JOINT)
+            barrier = torch.clamp(t, max=_LOG_JOINT, out=out)
             torch.div(const(-0.25, t), barrier, out=barrier)  # = reciprocal * -0.25 exactly (a power of 2)
             return torch.maximum(t + const(1.0, t), barrier, out=barrier)
-        left = torch.clamp(t, max=_REC_JOINT).neg_().add_(const(1.0, t))  # 1 - min(t, -1/3) >= 4/3
+        left = torch.clamp(t, max=_REC_JOINT, out=out).neg_().add_(const(1.0, t))  # 1 - min(t, -1/3) >= 4/3
         barrier = left.mul_(left).reciprocal_().mul_(const(32.0 / 27.0, t))
         return torch.maximum(t + const(1.0, t), barrier, out=barrier)
+
+    def _pair_buffers(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Reusable (2, m) buffers of ``like``'s dtype and device for phi' at t_k and at c_k in one
+        pass: the pair (its rows t and c as views) and phi' of it (its rows as views). Rewritten
+        by every step and read only within it; cached views cost no ``stack``/``unbind`` per step."""
+        bufs = self._pair
+        if (bufs is None or bufs[0].dtype != like.dtype or bufs[0].device != like.device
+                or bufs[0].shape[1] != like.shape[0]):
+            pair = like.new_empty((2, like.shape[0]))
+            dphi = torch.empty_like(pair)
+            bufs = self._pair = (pair, *pair.unbind(), dphi, *dphi.unbind())
+        return bufs
 
     def _buffer(self, like: Tensor) -> Tensor:
         """A reusable 0-dim tensor of ``like``'s dtype and device (the bias correction of the step)."""
@@ -508,7 +522,8 @@ class SPBM(ConstrainedOptimizer):
             flat = self._flat.get(index)
             views = flat.grad_views if flat is not None else grads[start:start + n]
             for p, g in zip(group["params"], views):
-                p.grad = g
+                if p.grad is not g:  # still there from the last step: the setter's checks cost more
+                    p.grad = g
             start += n
 
     def _flat_group(self, index: int, params: list[Tensor], first: int) -> FlatAdamGroup | None:
@@ -590,10 +605,10 @@ class SPBM(ConstrainedOptimizer):
     def _step_values(self, loss: Tensor, c: Tensor) -> dict[str, Tensor]:
         if c.dim() != 1 or c.numel() != self.m:
             check_values(self.m, None, c)  # raises, naming the shape
-        c_d = c.detach()
+        c_d, loss_d = c.detach(), loss.detach()
         # One host sync instead of two: f + sum(c) is finite whenever f and c are (a false alarm, a
         # sum that overflows, falls through check_values, which then raises nothing).
-        if not math.isfinite(float(c_d.sum() + loss.detach())):
+        if not math.isfinite(float(c_d.sum() + loss_d)):
             check_values(self.m, loss, c)
         state = self.algorithm_state
         if state["dual"].device != c.device:  # e.g. a CPU checkpoint resumed on a GPU
@@ -603,11 +618,14 @@ class SPBM(ConstrainedOptimizer):
 
         with torch.no_grad():
             c_l = c_d if c_d.dtype == lam.dtype else c_d.to(lam.dtype)
-            t = c_l.div(pen)
             # phi'(t_k), and the penalty schedule's phi' (at the raw c_k, the reference's, or at t_k)
-            if hp["psi_at"] == "c":  # both in one pass over the stacked pair
-                dphi, dphi_schedule = self.penalty_barrier_derivative(torch.stack((t, c_l))).unbind()
+            if hp["psi_at"] == "c":  # both in one pass over the pair (t_k, c_k)
+                pair, t, c_row, dphi_pair, dphi, dphi_schedule = self._pair_buffers(lam)
+                torch.div(c_l, pen, out=t)
+                c_row.copy_(c_l)
+                self.penalty_barrier_derivative(pair, out=dphi_pair)
             else:
+                t = c_l.div(pen)
                 dphi = dphi_schedule = self.penalty_barrier_derivative(t)
             weights = self._constraint_weights(lam, dphi)  # at c(x_k, zeta_k)
             if weights.dtype != c.dtype:
@@ -639,4 +657,4 @@ class SPBM(ConstrainedOptimizer):
             self._update_penalties(pen, dphi_schedule, hp)
 
         state["step"] += 1
-        return {"loss": loss.detach(), "constraints": c_d}
+        return {"loss": loss_d, "constraints": c_d}
