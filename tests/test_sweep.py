@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
@@ -21,18 +22,31 @@ from hctrain.runner import COLUMNS, run  # noqa: E402
 from hctrain.sweep import cell_key, grid, normalize, notebook_name, run_notebook_sweep, run_sweep  # noqa: E402
 from hctrain.task import FairnessTask  # noqa: E402
 
+# Each test (with its share of the cluster's start and stop) well under a minute here; a test
+# that waits on a future nobody finishes fails after 5 minutes with every thread's stack
+# (pytest-timeout) rather than holding the whole run.
+pytestmark = pytest.mark.timeout(300)
 
-@pytest.fixture(scope="module")
-def client():
+
+@contextmanager
+def loopback_cluster():
+    """A Client on a LocalCluster of 2 worker processes listening on 127.0.0.1, closed on exit."""
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       host="127.0.0.1", dashboard_address=None)
+                                       host="127.0.0.1", dashboard_address="127.0.0.1:0")
     dask = distributed.Client(cluster)
     try:
+        dask.wait_for_workers(2, timeout=120)
         assert all(address.startswith("tcp://127.0.0.1:") for address in dask.scheduler_info()["workers"])
         yield dask
     finally:
-        dask.close()
-        cluster.close()
+        dask.close(timeout=60)
+        cluster.close(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with loopback_cluster() as dask:
+        yield dask
 
 
 def test_grid_and_keys() -> None:
@@ -86,7 +100,13 @@ def test_a_bad_cell_is_reported_and_the_others_finish(client, tmp_path: Path) ->
     assert len(result.failed) == 2 and sorted(result.records["cell"].unique()) == [cell_key(cells[1])]
 
 
-def test_a_killed_worker_loses_no_finished_cell(client, tmp_path: Path) -> None:
+def test_a_killed_worker_loses_no_finished_cell(tmp_path: Path) -> None:
+    # on a cluster of its own, so that the other tests never meet a worker being restarted
+    with loopback_cluster() as client:
+        _kill_a_worker_during_a_sweep(client, tmp_path)
+
+
+def _kill_a_worker_during_a_sweep(client, tmp_path: Path) -> None:
     cells = grid(method="Adam", seed=range(6), max_steps=1500, eval_every_steps=500)
     pids = list(client.run(lambda: __import__("os").getpid()).values())
     killed: list[int] = []
