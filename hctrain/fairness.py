@@ -236,9 +236,20 @@ class GroupFairnessConstraints:
 
     def _fused(self, sens: Tensor, stat_args: tuple, x: Tensor) -> bool:
         """Whether :class:`_PositiveRateConstraints` computes these constraints: positive rates
-        of probabilities (N,) over integer group codes (N,)."""
+        of probabilities (N,) over integer group codes (N,), pairwise or population-weighted.
+
+        The unweighted one-vs-overall forms (the paper's) take autograd's own operations
+        instead. The node gives them the same values and gradients bit for bit
+        (``tests/test_fairness.py``), but in a training step (forward, f and c, one backward pass
+        to the weights) it measured slower: 270-279 against 252-260 us at m = 5 (one-vs-overall),
+        287-288 against 274-276 (signed), on the 2-core Intel Xeon VM (2026-12-05). For
+        pairwise constraints the node measured faster at every m: 334 against 358-360 us
+        (m = 90), 453-455 against 470-474 (870), 802-810 against 824-839 (9,900). With
+        population shares the node's formula for S differs from the general path's, so it
+        stays (other numbers otherwise)."""
         return (type(self.statistic) is PositiveRate and not stat_args and x.dim() == 1
-                and sens.dim() == 1 and not sens.is_floating_point() and not sens.is_complex())
+                and sens.dim() == 1 and not sens.is_floating_point() and not sens.is_complex()
+                and (self.kind == "pairwise" or self.population_shares is not None))
 
     def __call__(self, probs: Tensor, sens: Tensor, *stat_args: Tensor) -> Tensor:
         """c(x, zeta): m values, feasible when <= 0. ``sens``: integer group codes (N,) or a
@@ -320,7 +331,9 @@ _SIGMOID_BACKWARD = torch.ops.aten.sigmoid_backward.default  # autograd's own si
 
 
 class _PositiveRateConstraints(torch.autograd.Function):
-    r"""Positive-rate constraints of integer group codes as one autograd node.
+    r"""Positive-rate constraints of integer group codes as one autograd node (the path of
+    pairwise and population-weighted constraints; :meth:`GroupFairnessConstraints._fused` says
+    why the unweighted one-vs-overall forms are left to autograd's own operations).
 
     Autograd would record about ten small operations for c (group sums, sizes, rates, the
     overall rate or the pairs, the bound) and as many in the backward pass; on the CPU each

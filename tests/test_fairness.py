@@ -203,13 +203,19 @@ def test_fused_constraints_equal_autograd_of_the_plain_formula(kind, G, dtype) -
         # the logits also feed a second term, as they feed the loss in training
         return torch.autograd.grad((weights * c).sum() + logits.square().sum(), logits)[0]
 
+    from hctrain.fairness import _PositiveRateConstraints
+
     probs = torch.sigmoid(logits)
     plain = constraints.gaps(probs, sens) - constraints._bound_like(probs)  # recorded op by op
-    fused = constraints.from_logits(logits, sens)
-    assert fused.grad_fn is not None and type(fused.grad_fn).__name__ == "_PositiveRateConstraintsBackward"
-    assert torch.equal(fused, plain) and torch.equal(constraints(torch.sigmoid(logits), sens), plain)
+    fused = _PositiveRateConstraints.apply(logits, sens, constraints, True)
+    used = constraints.from_logits(logits, sens)  # the node for pairwise, autograd's ops otherwise
+    node = type(used.grad_fn).__name__ == "_PositiveRateConstraintsBackward"
+    assert node == (kind == "pairwise")
+    assert torch.equal(fused, plain) and torch.equal(used, plain)
+    assert torch.equal(constraints(torch.sigmoid(logits), sens), plain)
     expected = gradient(plain)
     assert torch.equal(gradient(fused), expected)  # bit for bit: autograd's formulas, its order
+    assert torch.equal(gradient(used), expected)
     assert torch.equal(gradient(constraints(torch.sigmoid(logits), sens)), expected)
 
 
