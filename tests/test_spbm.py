@@ -460,8 +460,11 @@ class TwoParameterProblem:
         return 0.5 * (z - eps[:5]).pow(2).sum(), self.W @ z - self.e + 0.3 * eps[5:]
 
 
-def _run_two_parameter(hooked: bool, dtype_y: torch.dtype, groups: bool, steps: int = 40, **hyper):
+def _run_two_parameter(hooked: bool, dtype_y: torch.dtype, groups: bool, steps: int = 40, hold: bool = False,
+                       **hyper):
     tp = TwoParameterProblem(dtype_y)
+    if hold:  # other tensors on the parameters' memory: the flat step copies instead of sharing it
+        tp.held = [p.detach() for p in tp.model.parameters()]
     if groups:
         params = [{"params": [tp.model.x]}, {"params": [tp.model.y], "lr": 0.03, "mu": 0.5, "anchor_beta": 0.2}]
     else:
@@ -491,14 +494,17 @@ class _Problem:
         return self.tp.step_values()
 
 
+@pytest.mark.parametrize("mode", ["shared", "copied"])
 @pytest.mark.parametrize("anchor_at", ["x_k", "x_next"])
 @pytest.mark.parametrize("dtype_y,groups", [(torch.float64, False), (torch.float32, False), (torch.float64, True)])
-def test_fused_adam_step_equals_torch_adam_step_bit_for_bit(dtype_y, groups, anchor_at):
+def test_fused_adam_step_equals_torch_adam_step_bit_for_bit(dtype_y, groups, anchor_at, mode):
     """The foreach update (Moreau term, Adam, anchor) gives exactly torch.optim.Adam's numbers:
     one group, a group with mixed dtypes (the per-parameter path), and two groups with their own
-    lr, mu and anchor_beta; the anchor following x_k or x_{k+1} (annealing on, epoch of 7 steps)."""
+    lr, mu and anchor_beta; the anchor following x_k or x_{k+1} (annealing on, epoch of 7 steps);
+    the parameters as views of the flat vector, or (held elsewhere too) copied in and out."""
     hyper = dict(anchor_at=anchor_at, epoch_length=7)
-    fast, tp_fast = _run_two_parameter(False, dtype_y, groups, **hyper)
+    fast, tp_fast = _run_two_parameter(False, dtype_y, groups, hold=mode == "copied", **hyper)
+    assert all(flat.shared == (mode == "shared") for flat in _flat_buffers(fast))
     slow, tp_slow = _run_two_parameter(True, dtype_y, groups, **hyper)
     if anchor_at == "x_next":  # the two anchors really differ
         other, _ = _run_two_parameter(False, dtype_y, groups, epoch_length=7)
@@ -565,6 +571,64 @@ def test_flat_adam_state_lives_in_one_buffer_and_follows_replacements():
         assert torch.equal(p, q)
         assert_same(fast.state[p], slow.state[q])
     assert_same(fast.algorithm_state["anchor"], slow.algorithm_state["anchor"])
+
+
+def test_shared_parameters_are_the_flat_vector_and_autograd_sees_the_step():
+    """Usually the parameters become views of the flat vector (no copies per step); either way a
+    step bumps their version counters, so a backward pass through a graph that saved the old
+    values fails as it does after torch.optim.Adam.step."""
+    for hold in (False, True):
+        algo, tp = _run_two_parameter(False, torch.float64, False, steps=3, hold=hold)
+        (flat,) = _flat_buffers(algo)
+        x = tp.model.x
+        shares = x.untyped_storage().data_ptr() == flat.x.untyped_storage().data_ptr()
+        assert flat.shared == shares == (not hold)
+        saved = (x * x).sum()  # its graph saves x
+        algo.step(_Problem(tp))
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            saved.backward()
+
+
+def test_a_parameter_given_other_memory_is_noticed_and_the_run_stays_torchs():
+    """``p.data = t`` between steps (as model.to or vector_to_parameters do): the buffers are
+    rebuilt from the new values, shared again (the stale buffers are dropped before the new ones
+    are built), and the run stays bit for bit that of torch.optim.Adam with the same change."""
+    fast, tp_fast = _run_two_parameter(False, torch.float64, False, steps=5)
+    slow, tp_slow = _run_two_parameter(True, torch.float64, False, steps=5)
+    (before,) = _flat_buffers(fast)
+    assert before.shared
+    del before
+    for tp in (tp_fast, tp_slow):
+        tp.model.x.data = tp.model.x.detach() * 0.5 + 1.0
+    for _ in range(5):
+        fast.step(_Problem(tp_fast))
+        slow.step(_Problem(tp_slow))
+    (after,) = _flat_buffers(fast)
+    assert after.shared
+    for p, q in zip(tp_fast.model.parameters(), tp_slow.model.parameters()):
+        assert torch.equal(p, q)
+        assert_same(fast.state[p], slow.state[q])
+
+
+def test_parameters_held_elsewhere_keep_their_own_memory():
+    from hctrain.algorithms.flat_adam import _exclusively_held
+
+    a, b = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2, 2))
+    assert _exclusively_held([a, b])
+    kept = a.data  # the caller's handle on a's memory
+    assert not _exclusively_held([a, b])
+    del kept
+    assert _exclusively_held([a, b])
+    assert not _exclusively_held([a, torch.nn.Parameter(torch.randn(4, 3).t())])  # not contiguous
+    base = torch.randn(6)
+    left, right = torch.nn.Parameter(base[:3]), torch.nn.Parameter(base[3:])
+    assert not _exclusively_held([left, right])  # base holds their memory too
+    del base
+    assert _exclusively_held([left, right])  # two parameters on one storage, side by side
+    base = torch.randn(6)
+    first, second = torch.nn.Parameter(base[:4]), torch.nn.Parameter(base[2:])
+    del base
+    assert not _exclusively_held([first, second])  # they overlap
 
 
 def test_flat_adam_rebuilds_after_load_state_dict():

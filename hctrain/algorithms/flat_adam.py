@@ -11,11 +11,23 @@ are kept as views into a few contiguous buffers, so the step
 
 is a dozen tensor operations on one vector of all the group's parameters, instead of a dozen per
 parameter tensor (``torch.optim.Adam``'s default CPU path) or a dozen ``torch._foreach_*`` calls
-that still visit every tensor. The parameters are copied into the vector and back (one
-``_foreach_copy_`` each way), so the model keeps its own tensors: nothing outside the optimizer
-sees a difference. The operations, their order and their scalars are those of
+that still visit every tensor. The operations, their order and their scalars are those of
 ``torch.optim.Adam``'s single-tensor path; elementwise float operations do not depend on how the
 elements are laid out, so the result is identical bit for bit (``tests/test_spbm.py``).
+
+The parameters themselves (``shared``): where each parameter of the group is the only holder of
+its memory (contiguous, not aliased by another parameter, no other tensor on its storage: no
+``.data`` kept by the caller, no live graph that saved it), each is re-pointed at its view of
+the vector (``p.data = view``, the same values), and the step updates them in place, without
+copies; their version counters are bumped as any in-place update bumps them, so autograd still
+refuses a backward pass through a graph that saved the old values. Seen from outside, a
+parameter then lives at another address, inside a storage it shares with the group's other
+parameters (``torch.save`` of one parameter alone writes the whole vector, as for any view).
+Otherwise (a parameter aliased or held elsewhere, a ``channels_last`` layout) the parameters
+keep their own memory and are copied into the vector and back (one ``_foreach_copy_`` each
+way). A parameter given other memory later (``p.data = t``, ``model.to(...)``) is noticed and
+the buffers are rebuilt. Same numbers either way; the shared form saves the two copies (about
+0.03 of the plain Adam loop's step at m = 5 on the Xeon VM, ``benchmarks/README.md``).
 
 The per-parameter views stay in the optimizer's ``state`` (so ``state_dict()`` and a fallback to
 ``torch.optim.Adam.step``, which updates them in place, keep working); :meth:`FlatAdamGroup.is_current`
@@ -38,6 +50,33 @@ def _views(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
     return views
 
 
+def _exclusively_held(params: list[Tensor]) -> bool:
+    """Whether every parameter can be re-pointed at a view of a new buffer without anything else
+    losing sight of it: contiguous, no two overlapping, and each storage referenced by the
+    group's parameters only (a storage handle counts one reference: ours, while it is counted)."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None:
+        return False
+    spans: dict[int, list[tuple[int, int]]] = {}
+    counts: dict[int, int] = {}
+    for p in params:
+        if not p.is_contiguous():
+            return False
+        storage = p.untyped_storage()
+        key = storage.data_ptr()
+        if key not in counts:
+            counts[key] = use_count(storage._cdata) - 1  # without this handle
+        del storage
+        spans.setdefault(key, []).append((p.storage_offset(), p.storage_offset() + p.numel()))
+    for key, ranges in spans.items():
+        if counts[key] != len(ranges):
+            return False  # another tensor (a .data, a saved graph, a view, a tied copy) holds it
+        ranges.sort()
+        if any(end > start for (_, end), (start, _) in zip(ranges, ranges[1:])):
+            return False  # two parameters overlap
+    return True
+
+
 def _flatten(tensors: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
     """A new contiguous buffer holding ``tensors`` and, for each, a view of it with its shape."""
     flat = torch.cat([t.detach().reshape(-1) for t in tensors])
@@ -54,7 +93,12 @@ class FlatAdamGroup:
     def __init__(self, params: list[Tensor], states: list[dict], anchors: list[Tensor], first_anchor: int):
         self.params = list(params)
         self.dtype, self.device = params[0].dtype, params[0].device
+        self.shared = _exclusively_held(self.params)
         self.x, self.x_views = _flatten(self.params)
+        if self.shared:  # the parameters become the views: the step updates them in place
+            for p, view in zip(self.params, self.x_views):
+                p.data = view
+            self.x_pointers = [view.data_ptr() for view in self.x_views]
         self.grad = torch.empty_like(self.x)  # overwritten by every step
         self.grad_views = _views(self.grad, self.params)
         self.exp_avg, self.exp_avg_views = _flatten([s["exp_avg"] for s in states])
@@ -83,6 +127,11 @@ class FlatAdamGroup:
         tensors and anchors that are still the views (a loaded state_dict replaces them)."""
         if len(params) != len(self.params):
             return False
+        if self.shared:  # still the views: not given other memory (p.data = t, model.to(...))
+            pointers = self.x_pointers
+            for i, p in enumerate(params):
+                if p.data_ptr() != pointers[i]:
+                    return False
         for i, p in enumerate(params):
             s = states[i]
             if (p is not self.params[i] or p.dtype != self.dtype or p.device != self.device
@@ -103,7 +152,8 @@ class FlatAdamGroup:
         (``"x_next"``, after the step)."""
         beta1, beta2 = betas
         x, g, z, exp_avg, exp_avg_sq = self.x, self.grad, self.anchor, self.exp_avg, self.exp_avg_sq
-        torch._foreach_copy_(self.x_views, self.params)
+        if not self.shared:
+            torch._foreach_copy_(self.x_views, self.params)
         torch._foreach_copy_(self.grad_views, grads)
         if mu > 0:
             g.add_(x.sub(z), alpha=mu)
@@ -118,6 +168,9 @@ class FlatAdamGroup:
         denom.div_(scratch.fill_((1 - beta2 ** k) ** 0.5))
         denom.add_(const(eps, x))
         x.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1 ** k)))
-        torch._foreach_copy_(self.params, self.x_views)
+        if self.shared:
+            torch.autograd.graph.increment_version(self.params)  # as an in-place update of each
+        else:
+            torch._foreach_copy_(self.params, self.x_views)
         if anchor_at != "x_k":
             z.lerp_(x, anchor_beta)

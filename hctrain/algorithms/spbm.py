@@ -538,6 +538,10 @@ class SPBM(ConstrainedOptimizer):
         flat = self._flat.get(index)
         if flat is not None and flat.is_current(params, states, anchors):
             return flat
+        # drop the stale buffers first: parameters that are still views of them are then held by
+        # nothing else, and the new buffers can take them over (FlatAdamGroup.shared)
+        self._flat.pop(index, None)
+        del flat
         if not FlatAdamGroup.applicable(params, states):
             self._flat[index] = None
             return None
