@@ -100,6 +100,7 @@ class GroupFairnessConstraints:
         else:
             first, second = torch.where(~torch.eye(G, dtype=torch.bool))
             self.names = [f"{group_names[i]} - {group_names[j]}" for i, j in zip(first.tolist(), second.tolist())]
+        self._pair_index: dict[tuple[int, torch.device], Tensor] = {}  # see gaps_from_statistics
         self.m = len(self.names)
         self.population_shares = None
         if population_shares is not None:
@@ -201,11 +202,21 @@ class GroupFairnessConstraints:
         per_group = self._group_sums(torch.stack((num, denom), dim=1), sens)
         return per_group[:, 0] / per_group[:, 1], num.sum() / denom.sum()
 
+    def group_rates(self, probs: Tensor, sens: Tensor, *stat_args: Tensor) -> Tensor:
+        """S_g for every group, without the overall S (what pairwise constraints need): the first
+        value of :meth:`group_statistics`, by the same operations."""
+        if (self.population_shares is None and type(self.statistic) is PositiveRate and not stat_args
+                and probs.dim() == 1):
+            return self._group_sums(probs, sens) / self._group_sizes(sens, probs)
+        return self.group_statistics(probs, sens, *stat_args)[0]
+
     # --- constraints ---------------------------------------------------------------------------
 
     def gaps(self, probs: Tensor, sens: Tensor, *stat_args: Tensor) -> Tensor:
         """The constrained quantities before the bound: |S_g - S|, S_g - S_h, or S_g - S then
         S - S_g (signed)."""
+        if self.kind == "pairwise":  # no overall rate needed
+            return self.gaps_from_statistics(self.group_rates(probs, sens, *stat_args))
         stats, overall = self.group_statistics(probs, sens, *stat_args)
         if self.kind == "one_vs_overall":
             return (stats - overall).abs()
@@ -217,14 +228,18 @@ class GroupFairnessConstraints:
     def gaps_from_statistics(self, stats: Tensor) -> Tensor:
         """S_g - S_h for every pair (g, h), g != h, in row-major order (pairwise constraints).
 
-        Computed as the G x G matrix of differences without its diagonal (the off-diagonal
-        entries, row by row, are the flattened matrix from its second entry on, seen as a
-        (G-1) x (G+1) matrix without its last column): no index arrays of m entries to read,
-        which on the CPU costs more than the subtractions once the network has pushed them out
-        of the cache. Each entry is the same subtraction as ``stats[g] - stats[h]``."""
+        Computed as the G x G matrix of differences, of which the m off-diagonal entries are
+        gathered by one ``index_select`` (a cached index of the flattened matrix): each entry is
+        the same subtraction as ``stats[g] - stats[h]``, and autograd's backward pass is one
+        scatter into the G x G matrix and its row and column sums. In a training step (forward,
+        f and c, one backward pass to the weights) that measured 296 / 407 / 773 us at m = 90 /
+        870 / 9,900, against 326 / 440 / 794 for the former one-node path (a hand-written
+        ``autograd.Function``) and more for the matrix's off-diagonal entries taken as a strided
+        view (Intel Xeon VM, 2026-12-05); the values and gradients of the three are identical
+        bit for bit (``tests/test_fairness.py``)."""
         G = stats.shape[0]
-        square = stats.unsqueeze(1) - stats.unsqueeze(0)
-        return square.reshape(-1)[1:].view(G - 1, G + 1)[:, :G].reshape(-1)
+        index = _cached(self._pair_index, (G, stats.device), lambda: _off_diagonal(G, stats.device))
+        return (stats.unsqueeze(1) - stats.unsqueeze(0)).view(-1).index_select(0, index)
 
     def _bound_like(self, x: Tensor) -> Tensor:
         """The bound as a 0-dim tensor of x's dtype (the same value x - self.bound would use)."""
@@ -235,21 +250,19 @@ class GroupFairnessConstraints:
         return b
 
     def _fused(self, sens: Tensor, stat_args: tuple, x: Tensor) -> bool:
-        """Whether :class:`_PositiveRateConstraints` computes these constraints: positive rates
-        of probabilities (N,) over integer group codes (N,), pairwise or population-weighted.
+        """Whether :class:`_PositiveRateConstraints` computes these constraints: population-weighted
+        one-vs-overall positive rates (absolute or signed) of probabilities (N,) over integer group
+        codes (N,).
 
-        The unweighted one-vs-overall forms (the paper's) take autograd's own operations
-        instead. The node gives them the same values and gradients bit for bit
-        (``tests/test_fairness.py``), but in a training step (forward, f and c, one backward pass
-        to the weights) it measured slower: 270-279 against 252-260 us at m = 5 (one-vs-overall),
-        287-288 against 274-276 (signed), on the 2-core Intel Xeon VM (2026-12-05). For
-        pairwise constraints the node measured faster at every m: 334 against 358-360 us
-        (m = 90), 453-455 against 470-474 (870), 802-810 against 824-839 (9,900). With
-        population shares the node's formula for S differs from the general path's, so it
-        stays (other numbers otherwise)."""
-        return (type(self.statistic) is PositiveRate and not stat_args and x.dim() == 1
-                and sens.dim() == 1 and not sens.is_floating_point() and not sens.is_complex()
-                and (self.kind == "pairwise" or self.population_shares is not None))
+        Every other form takes autograd's own operations. The node gave the unweighted forms the
+        same values and gradients bit for bit, but in a training step (forward, f and c, one
+        backward pass to the weights) it measured slower: 270-279 against 252-260 us at m = 5
+        (one-vs-overall), 287-288 against 274-276 (signed), on the 2-core Intel Xeon VM
+        (2026-12-05); pairwise constraints see :meth:`gaps_from_statistics`. With population
+        shares the node's overall S (sum_g pi_g S_g) is a formula of its own, so it stays."""
+        return (self.population_shares is not None and self.kind != "pairwise"
+                and type(self.statistic) is PositiveRate and not stat_args and x.dim() == 1
+                and sens.dim() == 1 and not sens.is_floating_point() and not sens.is_complex())
 
     def __call__(self, probs: Tensor, sens: Tensor, *stat_args: Tensor) -> Tensor:
         """c(x, zeta): m values, feasible when <= 0. ``sens``: integer group codes (N,) or a
@@ -265,6 +278,12 @@ class GroupFairnessConstraints:
         if self._fused(sens, stat_args, logits):
             return _fused_constraints(logits, sens, self, True)
         return self(torch.sigmoid(logits), sens, *stat_args)
+
+
+def _off_diagonal(G: int, device: torch.device) -> Tensor:
+    """The flat indices g G + h of the pairs g != h of a G x G matrix, in row-major order."""
+    first, second = torch.where(~torch.eye(G, dtype=torch.bool))
+    return (first * G + second).to(device)
 
 
 SHORT_NAMES = {"PositiveRate": "PR", "TruePositiveRate": "TPR", "FalsePositiveRate": "FPR",
@@ -331,26 +350,17 @@ _SIGMOID_BACKWARD = torch.ops.aten.sigmoid_backward.default  # autograd's own si
 
 
 class _PositiveRateConstraints(torch.autograd.Function):
-    r"""Positive-rate constraints of integer group codes as one autograd node (the path of
-    pairwise and population-weighted constraints; :meth:`GroupFairnessConstraints._fused` says
-    why the unweighted one-vs-overall forms are left to autograd's own operations).
+    r"""Population-weighted one-vs-overall positive-rate constraints of integer group codes as one
+    autograd node (:meth:`GroupFairnessConstraints._fused` says why the other forms are left to
+    autograd's own operations).
 
-    Autograd would record about ten small operations for c (group sums, sizes, rates, the
-    overall rate or the pairs, the bound) and as many in the backward pass; on the CPU each
-    costs several microseconds whatever its size, which is most of the constraints' cost. Here
-    the forward pass runs the same operations as :meth:`GroupFairnessConstraints.gaps` (the
-    values are identical bit for bit) without recording them, and the backward pass is written
-    out. With p the probabilities (``sigmoid(x)`` when ``from_logits``), n_g the group sizes,
-    S_g = sum_{n in g} p_n / n_g and g the incoming gradient dL/dc:
-
-    * one-vs-overall, c_g = |S_g - S| - b with S = sum_n p_n / N: with d_g = g_g sgn(S_g - S),
-      dL/dS_g = d_g and dL/dS = -sum_g d_g, so dL/dp_n = d_{g(n)} / n_{g(n)} + (-sum_g d_g) / N.
-      These are autograd's own backward formulas in its order (abs, sub, div, index_add, sum),
-      so the gradient is identical bit for bit too (``tests/test_fairness.py``).
-    * pairwise, c_(g,h) = S_g - S_h - b: dL/dS_g = sum_h g_(g,h) - sum_h g_(h,g), the row sums
-      minus the column sums of the G x G matrix of g (the pairs are its off-diagonal entries in
-      row-major order), instead of autograd's two scatters of m values into G slots; equal to
-      autograd's gradient up to float rounding (the sums run in another order).
+    The forward pass runs the same operations as :meth:`GroupFairnessConstraints.gaps` would
+    for S = sum_g pi_g S_g without recording them, and the backward pass is written out. With p
+    the probabilities (``sigmoid(x)`` when ``from_logits``), n_g the group sizes,
+    S_g = sum_{n in g} p_n / n_g, diff_g = S_g - S and g the incoming gradient dL/dc:
+    d_g = g_g sgn(diff_g) (``one_vs_overall``, c_g = |diff_g| - b) or g_g+ - g_g- (signed,
+    c_g+ = diff_g - b, c_g- = -diff_g - b); then dL/dS_g = d_g - pi_g sum_h d_h and
+    dL/dp_n = dL/dS_g(n) / n_g(n).
     """
 
     @staticmethod
@@ -360,48 +370,21 @@ class _PositiveRateConstraints(torch.autograd.Function):
         sums = owner._group_sums(probs, sens)  # first: it names bad group codes
         sizes = owner._group_sizes(sens, probs)
         stats = sums.div_(sizes)
-        kind = owner.kind
-        keep = probs if from_logits else None
-        if kind == "pairwise":
-            # the off-diagonal entries of the G x G differences, row by row: the matrix from its
-            # second entry on, seen as (G-1) x (G+1), without its last column
-            square = stats.unsqueeze(1) - stats
-            gaps = square.as_strided((G - 1, G), (G + 1, 1), 1).reshape(-1)
-            ctx.save_for_backward(sens, sizes, keep)
-        elif owner.population_shares is not None:  # S = sum_g pi_g S_g
-            shares = owner.shares_like(stats)
-            diff = stats - (shares * stats).sum()
-            gaps = torch.cat((diff, -diff)) if kind == "signed_one_vs_overall" else diff.abs()
-            ctx.save_for_backward(sens, sizes, keep, diff, shares)
-        else:
-            count = owner._row_count(probs)
-            diff = stats - probs.sum() / count
-            gaps = torch.cat((diff, -diff)) if kind == "signed_one_vs_overall" else diff.abs()
-            ctx.save_for_backward(sens, sizes, keep, diff, count)
-        ctx.kind, ctx.weighted, ctx.n_groups = kind, owner.population_shares is not None, G
+        shares = owner.shares_like(stats)
+        diff = stats - (shares * stats).sum()
+        signed = owner.kind == "signed_one_vs_overall"
+        gaps = torch.cat((diff, -diff)) if signed else diff.abs()
+        ctx.save_for_backward(sens, sizes, probs if from_logits else None, diff, shares)
+        ctx.signed, ctx.n_groups = signed, G
         return gaps.sub_(owner._bound_like(gaps))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        kind, G = ctx.kind, ctx.n_groups
-        if kind == "pairwise":
-            sens, sizes, probs = ctx.saved_tensors
-            full = grad.new_zeros(G, G)
-            full.as_strided((G - 1, G), (G + 1, 1), 1).copy_(grad.view(G - 1, G))
-            per_group = full.sum(1).sub_(full.sum(0)).div_(sizes)
-        else:
-            sens, sizes, probs, diff, count = ctx.saved_tensors
-            # dL/d diff_g: g_g sgn(diff_g), or g_g+ - g_g- when signed
-            grad_stats = grad[:G] - grad[G:] if kind == "signed_one_vs_overall" else grad * diff.sgn()
-            if ctx.weighted:
-                # dL/dS_g = d_g - pi_g sum_h d_h (count holds pi), then dL/dp_n = dL/dS_g(n) / n_g(n)
-                per_group = (grad_stats - count * grad_stats.sum()) / sizes
-            else:
-                # dL/dp_n = d_g / n_g + (-sum d) / N, formed on the G groups before the gather: the
-                # same two operands meet in the same addition for every row of group g (and
-                # x + (-y) / N is x - y / N exactly), so this is autograd's value with fewer operations
-                per_group = (grad_stats / sizes).sub_(grad_stats.sum() / count)
+        G = ctx.n_groups
+        sens, sizes, probs, diff, shares = ctx.saved_tensors
+        grad_stats = grad[:G] - grad[G:] if ctx.signed else grad * diff.sgn()
+        per_group = (grad_stats - shares * grad_stats.sum()) / sizes
         grad_probs = per_group.index_select(0, sens)
         if probs is not None:
             grad_probs = _SIGMOID_BACKWARD(grad_probs, probs)

@@ -186,13 +186,20 @@ def test_bad_group_codes(sens, message) -> None:
         constraints(torch.full((4,), 0.5), sens)
 
 
-# --- the fused path (one autograd node for positive rates of group codes) ----------------------
+# --- the training path: autograd's own operations (the one-node path only with population shares)
+
+def _former_pairwise(stats):
+    """The pairs as the former code gathered them: the G x G matrix's off-diagonal entries as a
+    strided view of the flattened matrix (its autograd gradient was the former node's, tested)."""
+    G = stats.shape[0]
+    return (stats.unsqueeze(1) - stats.unsqueeze(0)).reshape(-1)[1:].view(G - 1, G + 1)[:, :G].reshape(-1)
+
 
 @pytest.mark.parametrize("kind", ["one_vs_overall", "pairwise", "signed_one_vs_overall"])
 @pytest.mark.parametrize("G", [2, 5, 30])
 # bfloat16: the group sizes stay integer counts there (a sum of ones in bfloat16 stops at 256)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_fused_constraints_equal_autograd_of_the_plain_formula(kind, G, dtype) -> None:
+def test_unweighted_constraints_take_autograds_operations_with_the_former_numbers(kind, G, dtype) -> None:
     torch.manual_seed(G)
     constraints = GroupFairnessConstraints([str(g) for g in range(G)], 0.05, kind)
     sens = torch.cat([torch.arange(G), torch.randint(G, (20 * G,))])
@@ -203,20 +210,25 @@ def test_fused_constraints_equal_autograd_of_the_plain_formula(kind, G, dtype) -
         # the logits also feed a second term, as they feed the loss in training
         return torch.autograd.grad((weights * c).sum() + logits.square().sum(), logits)[0]
 
-    from hctrain.fairness import _PositiveRateConstraints
-
+    used = constraints.from_logits(logits, sens)
+    assert type(used.grad_fn).__name__ != "_PositiveRateConstraintsBackward"
     probs = torch.sigmoid(logits)
-    plain = constraints.gaps(probs, sens) - constraints._bound_like(probs)  # recorded op by op
-    fused = _PositiveRateConstraints.apply(logits, sens, constraints, True)
-    used = constraints.from_logits(logits, sens)  # the node for pairwise, autograd's ops otherwise
-    node = type(used.grad_fn).__name__ == "_PositiveRateConstraintsBackward"
-    assert node == (kind == "pairwise")
-    assert torch.equal(fused, plain) and torch.equal(used, plain)
-    assert torch.equal(constraints(torch.sigmoid(logits), sens), plain)
-    expected = gradient(plain)
-    assert torch.equal(gradient(fused), expected)  # bit for bit: autograd's formulas, its order
-    assert torch.equal(gradient(used), expected)
-    assert torch.equal(gradient(constraints(torch.sigmoid(logits), sens)), expected)
+    stats = constraints._group_sums(probs, sens) / constraints._group_sizes(sens, probs)
+    if kind == "pairwise":  # the former strided gather: the same values and gradient bit for bit
+        former = _former_pairwise(stats) - constraints._bound_like(probs)
+        assert torch.equal(used, former) and torch.equal(gradient(used), gradient(former))
+    assert torch.equal(constraints(torch.sigmoid(logits), sens), used)
+    # an independent formula: group means by masks
+    p64 = torch.sigmoid(logits.detach().double())
+    rates = torch.stack([p64[sens == g].mean() for g in range(G)])
+    if kind == "pairwise":
+        expected = (rates.unsqueeze(1) - rates)[~torch.eye(G, dtype=torch.bool)] - 0.05
+    elif kind == "one_vs_overall":
+        expected = (rates - p64.mean()).abs() - 0.05
+    else:
+        expected = torch.cat((rates - p64.mean(), p64.mean() - rates)) - 0.05
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    assert torch.allclose(used.detach().double(), expected, atol=tol)
 
 
 def test_pairwise_gradient_by_hand() -> None:
@@ -239,24 +251,29 @@ def test_fused_constraints_without_gradient() -> None:
 
 @pytest.mark.parametrize("kind", ["one_vs_overall", "pairwise", "signed_one_vs_overall"])
 @pytest.mark.parametrize("shares", [None, [0.2, 0.3, 0.1, 0.4]])
-def test_values_without_gradient_are_those_of_the_autograd_node(kind, shares) -> None:
-    """Without a gradient to track the fused forward runs as a plain function
-    (``_fused_constraints``): the same values bit for bit as through ``autograd.Function.apply``."""
+def test_values_without_gradient_are_those_of_the_training_path(kind, shares) -> None:
+    """Without a gradient to track the constraints are the same values bit for bit as with one
+    (for the one-node path, its forward runs as a plain function: ``_fused_constraints``)."""
     from hctrain.fairness import _PositiveRateConstraints
 
     torch.manual_seed(3)
     constraints = GroupFairnessConstraints(list("abcd"), 0.05, kind, population_shares=shares)
     sens = torch.cat([torch.arange(4), torch.randint(4, (60,))])
+    node_path = shares is not None and kind != "pairwise"
     for dtype in (torch.float32, torch.float64):
         logits = torch.randn(sens.shape[0], dtype=dtype)
-        node = _PositiveRateConstraints.apply(logits.clone().requires_grad_(), sens, constraints, True)
+        tracked = constraints.from_logits(logits.clone().requires_grad_(), sens)
+        assert node_path == (type(tracked.grad_fn).__name__ == "_PositiveRateConstraintsBackward")
+        if node_path:
+            node = _PositiveRateConstraints.apply(logits.clone().requires_grad_(), sens, constraints, True)
+            assert torch.equal(tracked, node)
         with torch.no_grad():
             values = constraints.from_logits(logits.clone().requires_grad_(), sens)
         plain = constraints.from_logits(logits, sens)  # grad enabled, logits without grad
         probs = constraints(torch.sigmoid(logits), sens)
         for c in (values, plain, probs):
             assert c.grad_fn is None and not c.requires_grad
-            assert torch.equal(c, node.detach()), (kind, dtype)
+            assert torch.equal(c, tracked.detach()), (kind, dtype)
 
 
 # --- population-weighted estimates on balanced batches (issue 10, item 1) ---------------------
