@@ -298,6 +298,7 @@ class SPBM(ConstrainedOptimizer):
                              f"lambda_max={lambda_max!r}")
         self._constants: dict[tuple, Tensor] = {}  # see _const (before super().__init__: add_param_group)
         self._pair: tuple[Tensor, ...] | None = None  # see _pair_buffers
+        self._divisor_row: Tensor | None = None  # see _divisor_of
         self._adam_state_complete = False  # see _fused_adam_ready
         self._flat: dict[int, FlatAdamGroup | None] = {}  # see _flat_group
         super().__init__(params, defaults, m, problem)
@@ -306,7 +307,9 @@ class SPBM(ConstrainedOptimizer):
         dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
         with torch.no_grad():
             self.algorithm_state["dual"] = torch.full((m,), float(lambda_min), dtype=dtype, device=first.device)
-            self.algorithm_state["penalty"] = torch.full((m,), float(p_max), dtype=dtype, device=first.device)
+            # p is the first row of [p; 1] (see _pair_buffers)
+            self.algorithm_state["penalty"] = self._divisor_of(
+                torch.full((m,), float(p_max), dtype=dtype, device=first.device))
             self.algorithm_state["anchor"] = [p.detach().clone() for p in self.params]
         # The inner Adam keeps its per-parameter state in this optimizer's self.state (shared).
         self._adam = torch.optim.Adam(
@@ -395,17 +398,30 @@ class SPBM(ConstrainedOptimizer):
         barrier = left.mul_(left).reciprocal_().mul_(const(32.0 / 27.0, t))
         return torch.maximum(t + const(1.0, t), barrier, out=barrier)
 
-    def _pair_buffers(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Reusable (2, m) buffers of ``like``'s dtype and device for phi' at t_k and at c_k in one
-        pass: the pair (its rows t and c as views) and phi' of it (its rows as views). Rewritten
-        by every step and read only within it; cached views cost no ``stack``/``unbind`` per step."""
+    def _divisor_of(self, pen: Tensor) -> Tensor:
+        """A (2, m) tensor [p; 1] holding ``pen``'s values in its first row, which it returns: the
+        penalties live there, so that c / [p; 1] gives the pair (t_k, c_k) in one division
+        (c / 1 is c exactly)."""
+        divisor = torch.ones((2, pen.shape[0]), dtype=pen.dtype, device=pen.device)
+        row = divisor[0]
+        row.copy_(pen)
+        self._divisor, self._divisor_row = divisor, row
+        return row
+
+    def _pair_buffers(self, pen: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """For phi' at t_k and at c_k in one pass: [p; 1] (p, when it was replaced -- a loaded state,
+        a device move -- is moved back into the first row), a reusable (2, m) buffer for the pair
+        (t_k, c_k), phi' of it (another) and views of that one's rows. Rewritten by every step and
+        read only within it; cached views cost no ``stack``/``unbind`` per step."""
+        if pen is not self._divisor_row:
+            self.algorithm_state["penalty"] = self._divisor_of(pen)
         bufs = self._pair
-        if (bufs is None or bufs[0].dtype != like.dtype or bufs[0].device != like.device
-                or bufs[0].shape[1] != like.shape[0]):
-            pair = like.new_empty((2, like.shape[0]))
+        if (bufs is None or bufs[0].dtype != pen.dtype or bufs[0].device != pen.device
+                or bufs[0].shape[1] != pen.shape[0]):
+            pair = pen.new_empty((2, pen.shape[0]))
             dphi = torch.empty_like(pair)
-            bufs = self._pair = (pair, *pair.unbind(), dphi, *dphi.unbind())
-        return bufs
+            bufs = self._pair = (pair, pair[0], dphi, *dphi.unbind())
+        return (self._divisor, *bufs)
 
     def _buffer(self, like: Tensor) -> Tensor:
         """A reusable 0-dim tensor of ``like``'s dtype and device (the bias correction of the step)."""
@@ -624,9 +640,9 @@ class SPBM(ConstrainedOptimizer):
             c_l = c_d if c_d.dtype == lam.dtype else c_d.to(lam.dtype)
             # phi'(t_k), and the penalty schedule's phi' (at the raw c_k, the reference's, or at t_k)
             if hp["psi_at"] == "c":  # both in one pass over the pair (t_k, c_k)
-                pair, t, c_row, dphi_pair, dphi, dphi_schedule = self._pair_buffers(lam)
-                torch.div(c_l, pen, out=t)
-                c_row.copy_(c_l)
+                divisor, pair, t, dphi_pair, dphi, dphi_schedule = self._pair_buffers(pen)
+                pen = self._divisor_row
+                torch.div(c_l, divisor, out=pair)  # rows c / p and c / 1 = c
                 self.penalty_barrier_derivative(pair, out=dphi_pair)
             else:
                 t = c_l.div(pen)
