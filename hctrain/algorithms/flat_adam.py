@@ -100,6 +100,8 @@ class FlatAdamGroup:
                 p.data = view
             self.x_pointers = [view.data_ptr() for view in self.x_views]
         self.grad = torch.empty_like(self.x)  # overwritten by every step
+        self.diff = torch.empty_like(self.x)  # x - z and sqrt(v): reused, not allocated per step
+        self.denom = torch.empty_like(self.x)
         self.grad_views = _views(self.grad, self.params)
         self.exp_avg, self.exp_avg_views = _flatten([s["exp_avg"] for s in states])
         self.exp_avg_sq, self.exp_avg_sq_views = _flatten([s["exp_avg_sq"] for s in states])
@@ -156,7 +158,7 @@ class FlatAdamGroup:
             torch._foreach_copy_(self.x_views, self.params)
         torch._foreach_copy_(self.grad_views, grads)
         if mu > 0:
-            g.add_(x.sub(z), alpha=mu)
+            g.add_(torch.sub(x, z, out=self.diff), alpha=mu)
         if anchor_at == "x_k":
             z.lerp_(x, anchor_beta)
         self.steps.add_(const(1.0, self.steps))
@@ -164,7 +166,7 @@ class FlatAdamGroup:
         exp_avg.lerp_(g, 1 - beta1)
         exp_avg_sq.mul_(const(beta2, x))
         exp_avg_sq.addcmul_(g, g, value=1 - beta2)
-        denom = exp_avg_sq.sqrt()
+        denom = torch.sqrt(exp_avg_sq, out=self.denom)
         denom.div_(scratch.fill_((1 - beta2 ** k) ** 0.5))
         denom.add_(const(eps, x))
         x.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1 ** k)))

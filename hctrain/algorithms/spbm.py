@@ -395,10 +395,11 @@ class SPBM(ConstrainedOptimizer):
         if self.param_groups[0]["penalty"] == "quadratic_logarithmic":
             barrier = torch.clamp(t, max=_LOG_JOINT, out=out)
             torch.div(const(-0.25, t), barrier, out=barrier)  # = reciprocal * -0.25 exactly (a power of 2)
-            return torch.maximum(t + const(1.0, t), barrier, out=barrier)
+            return torch.maximum(torch.add(t, const(1.0, t), out=self._scratch("t+1", t)), barrier,
+                                 out=barrier)
         left = torch.clamp(t, max=_REC_JOINT, out=out).neg_().add_(const(1.0, t))  # 1 - min(t, -1/3) >= 4/3
         barrier = left.mul_(left).reciprocal_().mul_(const(32.0 / 27.0, t))
-        return torch.maximum(t + const(1.0, t), barrier, out=barrier)
+        return torch.maximum(torch.add(t, const(1.0, t), out=self._scratch("t+1", t)), barrier, out=barrier)
 
     def _divisor_of(self, pen: Tensor) -> Tensor:
         """A (2, m) tensor [p; 1] holding ``pen``'s values in its first row, which it returns: the
@@ -431,6 +432,15 @@ class SPBM(ConstrainedOptimizer):
         buf = self._constants.get(key)
         if buf is None:
             buf = self._constants[key] = torch.zeros((), dtype=like.dtype, device=like.device)
+        return buf
+
+    def _scratch(self, name: str, like: Tensor) -> Tensor:
+        """A reusable tensor of ``like``'s shape, dtype and device for intermediate ``name`` of a step
+        (written and read within one step: no allocation per step)."""
+        key = ("scratch", name)
+        buf = self._constants.get(key)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._constants[key] = torch.empty_like(like)
         return buf
 
     def _const(self, value: float, like: Tensor) -> Tensor:
@@ -471,7 +481,8 @@ class SPBM(ConstrainedOptimizer):
     def _update_duals(self, lam: Tensor, t: Tensor, dphi: Tensor, hp: dict) -> None:
         """lambda <- clip(gamma lambda + (1 - gamma) lambda phi'(t), lambda_min, lambda_max)."""
         gamma, const = hp["gamma"], self._const
-        lam.mul_(dphi.mul(const(1.0 - gamma, lam)).add_(const(gamma, lam)))
+        factor = torch.mul(dphi, const(1.0 - gamma, lam), out=self._scratch("dual factor", dphi))
+        lam.mul_(factor.add_(const(gamma, lam)))
         lam.clamp_(hp["lambda_min"], hp["lambda_max"])  # Python bounds: see penalty_barrier_derivative
 
     def _update_penalties(self, pen: Tensor, dphi: Tensor, hp: dict) -> None:
@@ -482,7 +493,8 @@ class SPBM(ConstrainedOptimizer):
         else:
             delta = hp["delta"]
             psi = dphi if delta == 1.0 else torch.where(dphi < 1.0, dphi, dphi * const(delta, dphi))
-            torch.addcdiv(pen * const(K, pen), pen, psi, value=1.0 - K, out=pen)
+            torch.addcdiv(torch.mul(pen, const(K, pen), out=self._scratch("K p", pen)), pen, psi,
+                          value=1.0 - K, out=pen)
         pen.clamp_(hp["p_min"], hp["p_max"])
 
     def _fused_adam_ready(self) -> bool:
