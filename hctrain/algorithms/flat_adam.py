@@ -35,10 +35,15 @@ checks that nobody replaced them.
 """
 from __future__ import annotations
 
+import operator
 from typing import Callable
 
 import torch
 from torch import Tensor
+
+_is = operator.is_
+_get_exp_avg, _get_exp_avg_sq, _get_step = (operator.methodcaller("get", key)
+                                            for key in ("exp_avg", "exp_avg_sq", "step"))
 
 
 def _views(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
@@ -98,7 +103,7 @@ class FlatAdamGroup:
         if self.shared:  # the parameters become the views: the step updates them in place
             for p, view in zip(self.params, self.x_views):
                 p.data = view
-            self.x_pointers = [view.data_ptr() for view in self.x_views]
+        self.x_pointers = list(map(Tensor.data_ptr, self.params))  # where each parameter's memory is
         self.grad = torch.empty_like(self.x)  # overwritten by every step
         self.diff = torch.empty_like(self.x)  # x - z and sqrt(v): reused, not allocated per step
         self.denom = torch.empty_like(self.x)
@@ -125,24 +130,22 @@ class FlatAdamGroup:
         return all(torch.is_tensor(k) and k.dim() == 0 for k in steps) and len({float(k) for k in steps}) == 1
 
     def is_current(self, params: list[Tensor], states: list[dict], anchors: list[Tensor]) -> bool:
-        """Whether the buffers still back this group: same parameters (dtype, device), and state
-        tensors and anchors that are still the views (a loaded state_dict replaces them)."""
-        if len(params) != len(self.params):
+        """Whether the buffers still back this group: the same parameters at the same memory
+        (``p.data = t`` and ``model.to(...)`` give a parameter other memory; a copied parameter
+        also keeps its dtype and device), and state tensors and anchors that are still the views
+        (a loaded state_dict or a user's assignment replaces them). Identity checks in C
+        (``map``), not a Python loop over the parameters: this runs every step."""
+        if len(params) != len(self.params) or not all(map(_is, params, self.params)):
             return False
-        if self.shared:  # still the views: not given other memory (p.data = t, model.to(...))
-            pointers = self.x_pointers
-            for i, p in enumerate(params):
-                if p.data_ptr() != pointers[i]:
-                    return False
-        for i, p in enumerate(params):
-            s = states[i]
-            if (p is not self.params[i] or p.dtype != self.dtype or p.device != self.device
-                    or s.get("exp_avg") is not self.exp_avg_views[i]
-                    or s.get("exp_avg_sq") is not self.exp_avg_sq_views[i]
-                    or s.get("step") is not self.step_views[i]
-                    or anchors[self.first_anchor + i] is not self.anchor_views[i]):
-                return False
-        return True
+        if list(map(Tensor.data_ptr, params)) != self.x_pointers:
+            return False
+        if not self.shared and any(p.dtype != self.dtype or p.device != self.device for p in params):
+            return False
+        first = self.first_anchor
+        return (all(map(_is, map(_get_exp_avg, states), self.exp_avg_views))
+                and all(map(_is, map(_get_exp_avg_sq, states), self.exp_avg_sq_views))
+                and all(map(_is, map(_get_step, states), self.step_views))
+                and all(map(_is, anchors[first:first + len(params)], self.anchor_views)))
 
     def step(self, grads: list[Tensor], lr: float, betas: tuple[float, float], eps: float, mu: float,
              anchor_beta: float, const: Callable[[float, Tensor], Tensor], scratch: Tensor,
@@ -156,9 +159,13 @@ class FlatAdamGroup:
         x, g, z, exp_avg, exp_avg_sq = self.x, self.grad, self.anchor, self.exp_avg, self.exp_avg_sq
         if not self.shared:
             torch._foreach_copy_(self.x_views, self.params)
-        torch._foreach_copy_(self.grad_views, grads)
-        if mu > 0:
-            g.add_(torch.sub(x, z, out=self.diff), alpha=mu)
+        if mu == 1.0:  # g = (x - z) + grad: the same sum as grad + 1 * (x - z), one operation fewer
+            torch.sub(x, z, out=g)
+            torch._foreach_add_(self.grad_views, grads)
+        else:
+            torch._foreach_copy_(self.grad_views, grads)
+            if mu > 0:
+                g.add_(torch.sub(x, z, out=self.diff), alpha=mu)
         if anchor_at == "x_k":
             z.lerp_(x, anchor_beta)
         self.steps.add_(const(1.0, self.steps))

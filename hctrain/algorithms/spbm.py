@@ -640,9 +640,14 @@ class SPBM(ConstrainedOptimizer):
         if c.dim() != 1 or c.numel() != self.m:
             check_values(self.m, None, c)  # raises, naming the shape
         c_d, loss_d = c.detach(), loss.detach()
-        # One host sync instead of two: f + sum(c) is finite whenever f and c are (a false alarm, a
-        # sum that overflows, falls through check_values, which then raises nothing).
-        if not math.isfinite(float(c_d.sum() + loss_d)):
+        # f + sum(c) is finite whenever f and c are (a false alarm, a sum that overflows, falls
+        # through check_values, which then raises nothing). On the CPU two reads of 0-dim tensors
+        # cost less than one more operation; on an accelerator, one host sync for both.
+        if c_d.device.type == "cpu":
+            total = c_d.sum().item() + loss_d.item()
+        else:
+            total = float(c_d.sum() + loss_d)
+        if not math.isfinite(total):
             check_values(self.m, loss, c)
         state = self.algorithm_state
         if state["dual"].device != c.device:  # e.g. a CPU checkpoint resumed on a GPU
