@@ -136,7 +136,9 @@ Measured (``benchmarks/step_time.py``, ``benchmarks/results/step_time.md``, a 2-
 VM, one thread, the plain loop at 0.41 ms per step at m = 5): an SPBM step costs 1.22-1.24 times
 a plain ``torch.optim.Adam`` loop's from m = 5 to m = 9,900; after the parameters became views of
 the flat vector and (t, c) one division, 1.18 / 1.17 / 1.14 / 1.20 at m = 5 / 90 / 870 / 9,900
-(``benchmarks/results/intel-xeon/step_time_2026-12-05_run3.md``, the plain loop at 0.39 ms). Removing one part at a time at
+(``benchmarks/results/intel-xeon/step_time_2026-12-05_run3.md``, the plain loop at 0.39 ms);
+after the scratch buffers and a cheaper bookkeeping per step, 1.19 / 1.17 / 1.19 / 1.22
+(``intel-xeon/step_time_2026-12-06.md``: 9,900 still misses 1.2). Removing one part at a time at
 m = 5, the flat Adam step with the Moreau term and the anchor takes about 0.2 of the plain
 loop's time and the m-vector updates (phi', duals, penalties) about 0.2; those m-vector
 operations timed alone take about 24 us (0.06), so most of their cost in a step is the fixed
