@@ -105,8 +105,8 @@ class FlatAdamGroup:
                 p.data = view
         self.x_pointers = list(map(Tensor.data_ptr, self.params))  # where each parameter's memory is
         self.grad = torch.empty_like(self.x)  # overwritten by every step
-        self.diff = torch.empty_like(self.x)  # x - z and sqrt(v): reused, not allocated per step
-        self.denom = torch.empty_like(self.x)
+        self.diff = torch.empty_like(self.x)  # x - z (mu other than 0 and 1): reused, not allocated per step
+        self.denom = torch.empty_like(self.x)  # sqrt(v), likewise
         self.grad_views = _views(self.grad, self.params)
         self.exp_avg, self.exp_avg_views = _flatten([s["exp_avg"] for s in states])
         self.exp_avg_sq, self.exp_avg_sq_views = _flatten([s["exp_avg_sq"] for s in states])
