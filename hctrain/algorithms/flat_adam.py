@@ -41,6 +41,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from . import cpu_kernels
+
 _is = operator.is_
 _get_exp_avg, _get_exp_avg_sq, _get_step = (operator.methodcaller("get", key)
                                             for key in ("exp_avg", "exp_avg_sq", "step"))
@@ -107,6 +109,7 @@ class FlatAdamGroup:
         self.grad = torch.empty_like(self.x)  # overwritten by every step
         self.diff = torch.empty_like(self.x)  # x - z (mu other than 0 and 1): reused, not allocated per step
         self.denom = torch.empty_like(self.x)  # sqrt(v), likewise
+        self.kernels: tuple | bool | None = None  # NumPy views for cpu_kernels, or False (decided at the first step)
         self.grad_views = _views(self.grad, self.params)
         self.exp_avg, self.exp_avg_views = _flatten([s["exp_avg"] for s in states])
         self.exp_avg_sq, self.exp_avg_sq_views = _flatten([s["exp_avg_sq"] for s in states])
@@ -171,12 +174,23 @@ class FlatAdamGroup:
         self.steps.add_(const(1.0, self.steps))
         k = self.step_views[0].item()  # as torch.optim.Adam reads it (steps live on the CPU)
         exp_avg.lerp_(g, 1 - beta1)
-        exp_avg_sq.mul_(const(beta2, x))
-        exp_avg_sq.addcmul_(g, g, value=1 - beta2)
-        denom = torch.sqrt(exp_avg_sq, out=self.denom)
-        denom.div_(scratch.fill_((1 - beta2 ** k) ** 0.5))
-        denom.add_(const(eps, x))
-        x.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1 ** k)))
+        if self.kernels is None:
+            self.kernels = (cpu_kernels.applicable(x) and cpu_kernels.fma_matches_torch()
+                            and (x.numpy(), exp_avg.numpy(), exp_avg_sq.numpy(), g.numpy(), self.denom.numpy()))
+        if self.kernels:  # the same operations in two passes and a torch sqrt (cpu_kernels)
+            x_np, m_np, v_np, g_np, root_np = self.kernels
+            kernels, scalar = cpu_kernels.kernels(), x_np.dtype.type
+            kernels.adam_second_moment(v_np, g_np, scalar(beta2), scalar(1 - beta2))
+            torch.sqrt(exp_avg_sq, out=self.denom)
+            kernels.adam_parameter_update(x_np, m_np, root_np, scalar((1 - beta2 ** k) ** 0.5), scalar(eps),
+                                          scalar(-(lr / (1 - beta1 ** k))))
+        else:
+            exp_avg_sq.mul_(const(beta2, x))
+            exp_avg_sq.addcmul_(g, g, value=1 - beta2)
+            denom = torch.sqrt(exp_avg_sq, out=self.denom)
+            denom.div_(scratch.fill_((1 - beta2 ** k) ** 0.5))
+            denom.add_(const(eps, x))
+            x.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1 ** k)))
         if self.shared:
             torch.autograd.graph.increment_version(self.params)  # as an in-place update of each
         else:

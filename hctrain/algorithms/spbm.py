@@ -163,6 +163,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.optim import optimizer as _torch_optimizer
@@ -170,6 +171,7 @@ from torch.optim import optimizer as _torch_optimizer
 from ..problem import StochasticProblem
 from .base import (ConstrainedOptimizer, check_interval, check_nonnegative, check_positive,
                    check_finite, resolve_m)
+from . import cpu_kernels
 from .flat_adam import FlatAdamGroup
 
 # --- penalty-barrier functions, vectorised over the m-vector ---------------------------------
@@ -639,9 +641,13 @@ class SPBM(ConstrainedOptimizer):
         return self._step_values(*self._sample(problem))
 
     def _step_values(self, loss: Tensor, c: Tensor) -> dict[str, Tensor]:
+        state = self.algorithm_state
+        lam = state["dual"]
+        if (lam.device == c.device and c.dim() == 1 and c.numel() == self.m and self._kernels_compute_hooks()
+                and cpu_kernels.applicable(lam)):
+            return self._kernel_step_values(loss, c)
         check_finite(self.m, loss, c)
         c_d, loss_d = c.detach(), loss.detach()
-        state = self.algorithm_state
         if state["dual"].device != c.device:  # e.g. a CPU checkpoint resumed on a GPU
             state["dual"], state["penalty"] = state["dual"].to(c.device), state["penalty"].to(c.device)
         lam, pen = state["dual"], state["penalty"]
@@ -662,8 +668,82 @@ class SPBM(ConstrainedOptimizer):
             if weights.dtype != c.dtype:
                 weights = weights.to(c.dtype)
 
-        # grad f + J_c^T weights: one backward pass whatever m is, seeded with (1, weights); the
-        # same as differentiating f + weights . c, without building the dot product's graph.
+        grads = self._gradients(loss, c, weights)
+        with torch.no_grad():
+            self._primal_step(grads)
+            hp = self._annealed(hp)
+            self._update_duals(lam, t, dphi, hp)
+            self._update_penalties(pen, dphi_schedule, hp)
+
+        state["step"] += 1
+        return {"loss": loss_d, "constraints": c_d}
+
+    def _kernel_step_values(self, loss: Tensor, c: Tensor) -> dict[str, Tensor]:
+        """The same iteration with the m-vector work in two one-pass CPU kernels
+        (:mod:`~hctrain.algorithms.cpu_kernels`; identical numbers): phi', the weights and the
+        finiteness check of c before the backward pass, the duals and penalties after it."""
+        c_d, loss_d = c.detach(), loss.detach()
+        state = self.algorithm_state
+        lam, pen = state["dual"], state["penalty"]
+        hp = self.param_groups[0]
+        c_l = c_d if c_d.dtype == lam.dtype else c_d.to(lam.dtype)
+        if pen is not self._divisor_row:  # a loaded state or a replaced tensor: back into [p; 1]
+            pen = state["penalty"] = self._divisor_of(pen)
+        at_c = hp["psi_at"] == "c"
+        dphi = self._scratch("dphi t", lam)
+        dphi_schedule = self._scratch("dphi c", lam) if at_c else dphi
+        weights = self._scratch("weights", lam)
+        dtype = lam.dtype
+        log = hp["penalty"] == "quadratic_logarithmic"
+        views, cache = cpu_kernels.numpy_view, self._constants
+        lam_np, pen_np = views(cache, "dual", lam), views(cache, "penalty", pen)
+        dphi_np, schedule_np = views(cache, "dphi t", dphi), views(cache, "dphi c", dphi_schedule)
+        kernels = cpu_kernels.kernels()
+        finite = kernels.penalty_weights(
+            c_l.numpy(), pen_np, lam_np, dphi_np, schedule_np, views(cache, "weights", weights),
+            self._const_array((_LOG_JOINT, -0.25, 1.0) if log else (_REC_JOINT, 32.0 / 27.0, 1.0), dtype),
+            not log, at_c)
+        if not finite or not math.isfinite(loss_d.item()):
+            check_finite(self.m, loss, c)  # raises, naming the values
+        grads = self._gradients(loss, c, weights if weights.dtype == c.dtype else weights.to(c.dtype))
+        with torch.no_grad():
+            self._primal_step(grads)
+        hp = self._annealed(hp)
+        gamma, K = hp["gamma"], hp["K"]
+        kernels.dual_penalty_update(
+            lam_np, pen_np, dphi_np, schedule_np,
+            self._const_array((1.0 - gamma, gamma, hp["lambda_min"], hp["lambda_max"], K, 1.0 - K,
+                               hp["p_min"], hp["p_max"], hp["delta"], 1.0), dtype),
+            hp["schedule"] == "stabilised", hp["delta"] != 1.0)
+        state["step"] += 1
+        return {"loss": loss_d, "constraints": c_d}
+
+    _KERNEL_HOOKS = ("_constraint_weights", "_update_duals", "_update_penalties", "penalty_barrier_derivative",
+                     "_annealed")
+
+    @classmethod
+    def _kernels_compute_hooks(cls) -> bool:
+        """Whether the kernels compute what this class's m-vector methods do: true for SPBM, and for
+        a subclass only where it overrides none of them (its own versions then take the tensor path)."""
+        verdict = cls.__dict__.get("_kernel_verdict")
+        if verdict is None:
+            verdict = all(getattr(cls, name) is getattr(SPBM, name) for name in cls._KERNEL_HOOKS)
+            cls._kernel_verdict = verdict
+        return verdict
+
+    def _const_array(self, values: tuple[float, ...], dtype: torch.dtype) -> np.ndarray:
+        """``values`` rounded to ``dtype`` as a NumPy array for the kernels (cached, as :meth:`_const`)."""
+        key = ("array", values, dtype)
+        cached = self._constants.get(key)
+        if cached is None:
+            if len(self._constants) > 256:
+                self._constants.clear()
+            cached = self._constants[key] = torch.tensor(values, dtype=dtype).numpy()
+        return cached
+
+    def _gradients(self, loss: Tensor, c: Tensor, weights: Tensor) -> list[Tensor]:
+        """grad f + J_c^T weights: one backward pass whatever m is, seeded with (1, weights); the
+        same as differentiating f + weights . c, without building the dot product's graph."""
         outputs, seeds = [], []
         if loss.requires_grad:
             outputs.append(loss)
@@ -673,19 +753,14 @@ class SPBM(ConstrainedOptimizer):
             seeds.append(weights)
         if not outputs:  # neither depends on the parameters: autograd says so, as before
             outputs, seeds = [loss], [None]
-        grads = list(torch.autograd.grad(outputs, self.params, grad_outputs=seeds,
-                                         allow_unused=True, materialize_grads=True))
+        return list(torch.autograd.grad(outputs, self.params, grad_outputs=seeds,
+                                        allow_unused=True, materialize_grads=True))
 
-        with torch.no_grad():
-            self._sync_adam()
-            if self._fused_adam_ready():
-                self._fused_adam_step(grads)
-                self._set_flat_grads(grads)
-            else:
-                self._torch_adam_step(grads)
-            hp = self._annealed(hp)
-            self._update_duals(lam, t, dphi, hp)
-            self._update_penalties(pen, dphi_schedule, hp)
-
-        state["step"] += 1
-        return {"loss": loss_d, "constraints": c_d}
+    def _primal_step(self, grads: list[Tensor]) -> None:
+        """Moreau term, Adam step and anchor update (under ``torch.no_grad()``)."""
+        self._sync_adam()
+        if self._fused_adam_ready():
+            self._fused_adam_step(grads)
+            self._set_flat_grads(grads)
+        else:
+            self._torch_adam_step(grads)
