@@ -157,6 +157,18 @@ on that machine (measured before the stacked pair; not measured there since). On
 EPYC VM that code measured 1.13-1.18 (two full runs, ``benchmarks/results/amd-epyc/step_time.md``)
 and this code 1.13-1.17 and 1.14-1.16 (``amd-epyc/step_time_2026-12-04_run1.md``, ``_run2.md``):
 there the target is met.
+
+CPU kernels (``cpu_kernels``): on the CPU, for float32 and float64, the m-vector work runs as
+two one-pass kernels compiled with numba instead of about fifteen tensor operations. Before the
+backward pass, one kernel computes phi' at t_k and at c_k, the weights and the finiteness check
+of c, writing only scratch buffers. After the Adam step, the other updates the duals and the
+penalties. On x86 CPUs with AVX2 or AVX-512, the flat Adam step's moment and parameter updates
+also run as two kernels around a torch ``sqrt``. The kernels do the same IEEE operations in the
+same order, so the numbers are identical bit for bit (``tests/test_cpu_kernels.py``). A subclass
+that overrides one of the m-vector methods keeps the tensor path, and ``HCTRAIN_CPU_KERNELS=0``
+switches the kernels off. Measured with them on the Xeon VM: 1.07 / 1.08 / 1.10 / 1.15 at
+m = 5 / 90 / 870 / 9,900 (``intel-xeon/step_time_2026-12-06_kernels.md``), so the target is met
+at every m.
 """
 from __future__ import annotations
 
