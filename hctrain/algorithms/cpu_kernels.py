@@ -87,6 +87,19 @@ def _kernels() -> SimpleNamespace | None:
             return builder.fma(*args)
         return a(a, b, c), codegen
 
+    @njit(nogil=True, boundscheck=False, error_model="numpy", inline="always")
+    def dphi(t, joint, coef, one, reciprocal):
+        """phi'(t): max(t + 1, coef / min(t, joint)) for quadratic_logarithmic, max(t + 1,
+        (1 / l^2) coef) with l = 1 - min(t, joint) for quadratic_reciprocal."""
+        left = t if t < joint else joint
+        if reciprocal:
+            left = -left + one
+            barrier = (one / (left * left)) * coef
+        else:
+            barrier = coef / left
+        line = t + one
+        return line if line >= barrier else barrier
+
     @jit
     def penalty_weights(c, pen, lam, dphi_t, dphi_c, weights, consts, reciprocal, at_c):
         """dphi_t = phi'(c / p), weights = lam * dphi_t and, when ``at_c``, dphi_c = phi'(c).
@@ -96,40 +109,15 @@ def _kernels() -> SimpleNamespace | None:
         finite (checked in the same pass: c - c is 0 exactly for a finite c)."""
         joint, coef, one = consts[0], consts[1], consts[2]
         finite = True
-        if reciprocal:
+        for i in range(c.shape[0]):
+            ci = c[i]
+            finite &= (ci - ci) == 0
+            d = dphi(ci / pen[i], joint, coef, one, reciprocal)
+            dphi_t[i] = d
+            weights[i] = lam[i] * d
+        if at_c:
             for i in range(c.shape[0]):
-                ci = c[i]
-                finite &= (ci - ci) == 0
-                t = ci / pen[i]
-                left = -(t if t < joint else joint) + one
-                barrier = (one / (left * left)) * coef
-                line = t + one
-                d = line if line >= barrier else barrier
-                dphi_t[i] = d
-                weights[i] = lam[i] * d
-            if at_c:
-                for i in range(c.shape[0]):
-                    ci = c[i]
-                    left = -(ci if ci < joint else joint) + one
-                    barrier = (one / (left * left)) * coef
-                    line = ci + one
-                    dphi_c[i] = line if line >= barrier else barrier
-        else:
-            for i in range(c.shape[0]):
-                ci = c[i]
-                finite &= (ci - ci) == 0
-                t = ci / pen[i]
-                barrier = coef / (t if t < joint else joint)
-                line = t + one
-                d = line if line >= barrier else barrier
-                dphi_t[i] = d
-                weights[i] = lam[i] * d
-            if at_c:
-                for i in range(c.shape[0]):
-                    ci = c[i]
-                    barrier = coef / (ci if ci < joint else joint)
-                    line = ci + one
-                    dphi_c[i] = line if line >= barrier else barrier
+                dphi_c[i] = dphi(c[i], joint, coef, one, reciprocal)
         return finite
 
     @jit
