@@ -89,3 +89,16 @@ def test_empty_folder(tmp_path):
     table = execution_table(tmp_path)
     assert table.empty and list(table.columns)[:2] == ["notebook", "chapter"]
     assert "No chapter notebooks" in to_markdown(table)
+
+
+def test_committed_page_matches_the_chapters(tmp_path):
+    """book/_execution_status.md is what `make status` writes for the stored notebooks."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    committed = (root / "book" / "_execution_status.md").read_text(encoding="utf-8")
+    fresh = write_status(root / "notebooks", tmp_path / "status.md").read_text(encoding="utf-8")
+    assert committed == fresh, (
+        "book/_execution_status.md is stale: a chapter was re-executed after the page was "
+        "written. Run `make status` and commit the page."
+    )
