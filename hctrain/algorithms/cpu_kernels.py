@@ -79,7 +79,8 @@ def _kernels() -> SimpleNamespace | None:
     except ImportError:
         return None
 
-    jit = njit(nogil=True, boundscheck=False, error_model="numpy", cache=False)
+    options = dict(nogil=True, boundscheck=False, error_model="numpy", cache=False)
+    jit = njit(**options)
 
     @intrinsic
     def fma(typingctx, a, b, c):  # llvm.fma: one rounding, as the FMA instruction
@@ -87,7 +88,7 @@ def _kernels() -> SimpleNamespace | None:
             return builder.fma(*args)
         return a(a, b, c), codegen
 
-    @njit(nogil=True, boundscheck=False, error_model="numpy", inline="always")
+    @njit(inline="always", **options)
     def dphi(t, joint, coef, one, reciprocal):
         """phi'(t): max(t + 1, coef / min(t, joint)) for quadratic_logarithmic, max(t + 1,
         (1 / l^2) coef) with l = 1 - min(t, joint) for quadratic_reciprocal."""

@@ -109,7 +109,7 @@ class FlatAdamGroup:
         self.grad = torch.empty_like(self.x)  # overwritten by every step
         self.diff = torch.empty_like(self.x)  # x - z (mu other than 0 and 1): reused, not allocated per step
         self.denom = torch.empty_like(self.x)  # sqrt(v), likewise
-        self.kernels: tuple | bool | None = None  # NumPy views for cpu_kernels, or False (decided at the first step)
+        self.kernels: tuple | bool | None = None  # cpu_kernels and NumPy views for them, or False (decided at the first step)
         self.grad_views = _views(self.grad, self.params)
         self.exp_avg, self.exp_avg_views = _flatten([s["exp_avg"] for s in states])
         self.exp_avg_sq, self.exp_avg_sq_views = _flatten([s["exp_avg_sq"] for s in states])
@@ -176,10 +176,11 @@ class FlatAdamGroup:
         exp_avg.lerp_(g, 1 - beta1)
         if self.kernels is None:
             self.kernels = (cpu_kernels.applicable(x) and cpu_kernels.fma_matches_torch()
-                            and (x.numpy(), exp_avg.numpy(), exp_avg_sq.numpy(), g.numpy(), self.denom.numpy()))
+                            and (cpu_kernels.kernels(), x.numpy(), exp_avg.numpy(), exp_avg_sq.numpy(),
+                                 g.numpy(), self.denom.numpy()))
         if self.kernels:  # the same operations in two passes and a torch sqrt (cpu_kernels)
-            x_np, m_np, v_np, g_np, root_np = self.kernels
-            kernels, scalar = cpu_kernels.kernels(), x_np.dtype.type
+            kernels, x_np, m_np, v_np, g_np, root_np = self.kernels
+            scalar = x_np.dtype.type
             kernels.adam_second_moment(v_np, g_np, scalar(beta2), scalar(1 - beta2))
             torch.sqrt(exp_avg_sq, out=self.denom)
             kernels.adam_parameter_update(x_np, m_np, root_np, scalar((1 - beta2 ** k) ** 0.5), scalar(eps),

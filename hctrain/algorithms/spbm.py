@@ -459,16 +459,20 @@ class SPBM(ConstrainedOptimizer):
             buf = self._constants[key] = torch.empty_like(like)
         return buf
 
-    def _const(self, value: float, like: Tensor) -> Tensor:
-        """``value`` as a 0-dim tensor of ``like``'s dtype and device, cached (hyperparameters and
-        fixed constants only: a handful of values)."""
-        key = (value, like.dtype, like.device)
+    def _memo(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """``self._constants[key]``, made by ``make()`` the first time (hyperparameters and fixed
+        constants only: a handful of values)."""
         cached = self._constants.get(key)
         if cached is None:
             if len(self._constants) > 256:  # hyperparameters changed many times: start afresh
                 self._constants.clear()
-            cached = self._constants[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+            cached = self._constants[key] = make()
         return cached
+
+    def _const(self, value: float, like: Tensor) -> Tensor:
+        """``value`` as a 0-dim tensor of ``like``'s dtype and device, cached (:meth:`_memo`)."""
+        return self._memo((value, like.dtype, like.device),
+                          lambda: torch.tensor(value, dtype=like.dtype, device=like.device))
 
     # --- one iteration ---
     def _sample(self, problem: StochasticProblem) -> tuple[Tensor, Tensor]:
@@ -699,8 +703,6 @@ class SPBM(ConstrainedOptimizer):
         lam, pen = state["dual"], state["penalty"]
         hp = self.param_groups[0]
         c_l = c_d if c_d.dtype == lam.dtype else c_d.to(lam.dtype)
-        if pen is not self._divisor_row:  # a loaded state or a replaced tensor: back into [p; 1]
-            pen = state["penalty"] = self._divisor_of(pen)
         at_c = hp["psi_at"] == "c"
         dphi = self._scratch("dphi t", lam)
         dphi_schedule = self._scratch("dphi c", lam) if at_c else dphi
@@ -744,14 +746,8 @@ class SPBM(ConstrainedOptimizer):
         return verdict
 
     def _const_array(self, values: tuple[float, ...], dtype: torch.dtype) -> np.ndarray:
-        """``values`` rounded to ``dtype`` as a NumPy array for the kernels (cached, as :meth:`_const`)."""
-        key = ("array", values, dtype)
-        cached = self._constants.get(key)
-        if cached is None:
-            if len(self._constants) > 256:
-                self._constants.clear()
-            cached = self._constants[key] = torch.tensor(values, dtype=dtype).numpy()
-        return cached
+        """``values`` rounded to ``dtype`` as a NumPy array for the kernels (cached, :meth:`_memo`)."""
+        return self._memo(("array", values, dtype), lambda: torch.tensor(values, dtype=dtype).numpy())
 
     def _gradients(self, loss: Tensor, c: Tensor, weights: Tensor) -> list[Tensor]:
         """grad f + J_c^T weights: one backward pass whatever m is, seeded with (1, weights); the
